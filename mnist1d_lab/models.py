@@ -1,0 +1,145 @@
+"""Model families of the paper: logistic, MLP, CNN and GRU, with width/depth/activation knobs.
+
+Defaults reproduce the original `notebooks/models.py` exactly (parameter counts 410, 15,210, 5,210,
+5,134). Every model maps (B, L) float inputs to (B, 10) logits. Initialisation is PyTorch's default,
+drawn from a private generator seeded by `seed`, so building a model never touches global RNG state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError("model.activation", name, f"one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class Logistic(nn.Module):
+    """Multinomial logistic regression: one linear layer."""
+
+    def __init__(self, input_len: int = 40, num_classes: int = 10):
+        super().__init__()
+        self.linear = nn.Linear(input_len, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class MLP(nn.Module):
+    """`depth` hidden layers of `width` units; with `residual`, layers 2.. compute h + act(W h).
+
+    The paper's MLP is depth=2, residual=True (40-100-100-10, 15,210 parameters); the double-descent
+    MLP is depth=2, residual=False (40-h-h-10, h^2 + 52h + 10 parameters).
+    """
+
+    def __init__(self, width: int = 100, depth: int = 2, residual: bool = True, activation: str = "relu",
+                 input_len: int = 40, num_classes: int = 10):
+        super().__init__()
+        self.residual = residual
+        sizes = [input_len] + [width] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.act = _activation(activation)
+        self.out = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.hidden[0](x))
+        for layer in self.hidden[1:]:
+            h = h + self.act(layer(h)) if self.residual else self.act(layer(h))
+        return self.out(h)
+
+
+def conv_out_len(length: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a 1-D convolution."""
+    return (length + 2 * padding - kernel) // stride + 1
+
+
+class CNN(nn.Module):
+    """`depth` Conv1d layers of `channels` channels (kernel 5 then 3s, stride 2, padding 1), then linear.
+
+    With the defaults the lengths go 40 -> 19 -> 10 -> 5 and the head sees 5 * 25 = 125 features.
+    """
+
+    def __init__(self, channels: int = 25, depth: int = 3, kernel_sizes: list[int] | None = None,
+                 stride: int = 2, padding: int = 1, activation: str = "relu",
+                 input_len: int = 40, num_classes: int = 10):
+        super().__init__()
+        kernel_sizes = list(kernel_sizes or [5] + [3] * (depth - 1))
+        if len(kernel_sizes) != depth:
+            raise ConfigError("model.kernel_sizes", kernel_sizes, f"a list of length model.depth={depth}")
+        layers, length, c_in = [], input_len, 1
+        for k in kernel_sizes:
+            layers.append(nn.Conv1d(c_in, channels, k, stride=stride, padding=padding))
+            length, c_in = conv_out_len(length, k, stride, padding), channels
+        if length < 1:
+            raise ConfigError("model.depth", depth, f"few enough layers to keep length >= 1 (input {input_len})")
+        self.convs = nn.ModuleList(layers)
+        self.act = _activation(activation)
+        self.out = nn.Linear(channels * length, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.unsqueeze(1)  # (B, 1, L)
+        for conv in self.convs:
+            h = self.act(conv(h))
+        return self.out(h.flatten(1))  # (B, C * L_out) -> (B, 10)
+
+
+class GRU(nn.Module):
+    """(Bi)directional GRU over the sequence (one input feature), all outputs flattened, then linear."""
+
+    def __init__(self, hidden_size: int = 6, num_layers: int = 1, bidirectional: bool = True,
+                 input_len: int = 40, num_classes: int = 10):
+        super().__init__()
+        self.gru = nn.GRU(1, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=bidirectional)
+        directions = 2 if bidirectional else 1
+        self.out = nn.Linear(input_len * hidden_size * directions, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.gru(x.unsqueeze(-1))  # (B, L, D * H), h0 = 0
+        return self.out(h.flatten(1))
+
+
+MODELS: dict[str, type[nn.Module]] = {"logistic": Logistic, "mlp": MLP, "cnn": CNN, "gru": GRU}
+
+# Knobs that must be positive integers, per model (checked before any work).
+_POSITIVE_INT = {"mlp": ("width", "depth"), "cnn": ("channels", "depth", "stride"),
+                 "gru": ("hidden_size", "num_layers")}
+
+
+def model_kwargs(cfg: Mapping) -> dict:
+    """Validate a `model` config subtree and return the constructor's keyword arguments."""
+    name = cfg.get("name")
+    if name not in MODELS:
+        raise ConfigError("model.name", name, f"one of {sorted(MODELS)}")
+    kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}
+    for key in _POSITIVE_INT.get(name, ()):
+        if key in kwargs and (isinstance(kwargs[key], bool) or not isinstance(kwargs[key], int) or kwargs[key] < 1):
+            raise ConfigError(f"model.{key}", kwargs[key], "a positive integer")
+    if "kernel_sizes" in kwargs and kwargs["kernel_sizes"] is not None:
+        kwargs["kernel_sizes"] = list(kwargs["kernel_sizes"])
+    return kwargs
+
+
+def build_model(cfg: Mapping, seed: int, input_len: int = 40, num_classes: int = 10) -> nn.Module:
+    """Build the model named by `cfg.name` with PyTorch's default init drawn under `seed`.
+
+    The global RNG is forked, seeded and restored, so the caller's RNG state is untouched and the same
+    (cfg, seed) always gives the same weights, whatever ran before.
+    """
+    kwargs = model_kwargs(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODELS[cfg["name"]](**kwargs, input_len=input_len, num_classes=num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
