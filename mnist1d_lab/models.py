@@ -46,7 +46,7 @@ class MLP(nn.Module):
         super().__init__()
         self.residual = residual
         sizes = [input_len] + [width] * depth
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.act = _activation(activation)
         self.out = nn.Linear(width, num_classes)
 

@@ -1,0 +1,133 @@
+"""The training protocol shared by the one-model loop (`train.py`) and the many-models loop (`batched.py`).
+
+Both loops must feed a model of a given seed the same batches, the same noisy labels and the same loss,
+and summarise their curves the same way; everything that defines "the same" lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+LOSSES = ("cross_entropy", "mse")
+OPTIMIZERS = ("adam", "sgd")
+BATCH_ORDERS = ("sequential", "reshuffle")
+LABEL_NOISE_MODES = ("uniform", "different")
+CURVE_COLUMNS = ("step", "train_loss", "train_acc", "test_loss", "test_acc")  # + val_loss, val_acc with a val split
+
+# Independent random streams derived from the run seed (model init uses `seed` itself, see models.py).
+_STREAMS = {"batch_order": 1, "label_noise": 2, "val_split": 3}
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for one named random stream of a run, independent of the other streams."""
+    return int(np.random.SeedSequence([int(seed), _STREAMS[stream]]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def generator(seed: int, stream: str) -> torch.Generator:
+    """A CPU torch generator for one named stream of a run."""
+    return torch.Generator().manual_seed(stream_seed(seed, stream))
+
+
+def loss_fn(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the batch.
+
+    cross_entropy: mean_i -log softmax(z_i)[y_i].
+    mse:           mean_i sum_k (z_ik - onehot(y_i)_k)^2, on the raw logits z (no softmax).
+    """
+    if name == "cross_entropy":
+        return F.cross_entropy(logits, y)
+    if name == "mse":
+        onehot = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+        return (logits - onehot).square().sum(-1).mean()
+    raise ConfigError("train.loss", name, f"one of {list(LOSSES)}")
+
+
+def num_updates(cfg: Mapping, n_train: int) -> int:
+    """Optimiser updates of a run: `epochs * ceil(n / batch)` if epochs is set, else `steps`."""
+    if cfg.get("epochs") is not None:
+        return int(cfg["epochs"]) * math.ceil(n_train / int(cfg["batch_size"]))
+    return int(cfg["steps"])
+
+
+def eval_steps(total: int, every: int) -> list[int]:
+    """Update counts after which to evaluate: 0, every, 2*every, ..., and always the last."""
+    return sorted(set(range(0, total + 1, every)) | {total})
+
+
+def batches(n: int, batch_size: int, order: str, gen: torch.Generator | None = None) -> Iterator:
+    """Endless row selectors, one per update: slices (sequential) or index tensors (reshuffle).
+
+    sequential: update s uses rows [(s*B) mod n, (s*B) mod n + B), clipped at n: the original's
+        fixed order, identical every epoch (a short batch at the end when B does not divide n).
+    reshuffle:  each epoch draws randperm(n) from `gen` and splits it into batches of B (the last
+        may be short); batches never cross epochs.
+    """
+    if order == "sequential":
+        step = 0
+        while True:
+            start = (step * batch_size) % n
+            yield slice(start, min(start + batch_size, n))
+            step += 1
+    elif order == "reshuffle":
+        while True:
+            yield from torch.randperm(n, generator=gen).split(batch_size)
+    else:
+        raise ConfigError("train.batch_order", order, f"one of {list(BATCH_ORDERS)}")
+
+
+def apply_label_noise(y: torch.Tensor, fraction: float, mode: str, gen: torch.Generator,
+                      num_classes: int = 10) -> tuple[torch.Tensor, float]:
+    """Replace each label with probability `fraction`; returns (noisy labels, fraction actually changed).
+
+    uniform:   the new label is uniform over all classes, so it may equal the true one (the original).
+    different: the new label is uniform over the other num_classes - 1 classes.
+    """
+    if mode not in LABEL_NOISE_MODES:
+        raise ConfigError("train.label_noise_mode", mode, f"one of {list(LABEL_NOISE_MODES)}")
+    if fraction <= 0:
+        return y, 0.0
+    y_cpu = y.cpu()
+    pick = torch.rand(len(y_cpu), generator=gen) < fraction
+    if mode == "uniform":
+        new = torch.randint(0, num_classes, (len(y_cpu),), generator=gen)
+    else:
+        new = (y_cpu + torch.randint(1, num_classes, (len(y_cpu),), generator=gen)) % num_classes
+    noisy = torch.where(pick, new, y_cpu)
+    return noisy.to(y.device), float((noisy != y_cpu).float().mean())
+
+
+@dataclass
+class TrainResult:
+    """What a training run returns: tidy curves (one row per evaluation) and a flat summary."""
+
+    curves: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+    model: torch.nn.Module | None = None
+
+
+def summarize_curves(curves: pd.DataFrame) -> dict:
+    """Final and best metrics from the curves, with honest labels.
+
+    `best_test_*` picks the step by test accuracy (the original notebooks' practice: optimistic).
+    `val_selected_*` picks the step by validation accuracy, when a validation split exists.
+    """
+    last = curves.iloc[-1]
+    out = {f"final_{k}": float(last[k]) for k in curves.columns if k != "step"}
+    out["steps"] = int(last["step"])
+    best = curves.loc[curves["test_acc"].idxmax()]
+    out["best_test_acc"], out["best_test_step"] = float(best["test_acc"]), int(best["step"])
+    if "val_acc" in curves and curves["val_acc"].notna().any():
+        sel = curves.loc[curves["val_acc"].idxmax()]
+        out["val_selected_step"] = int(sel["step"])
+        out["val_selected_val_acc"] = float(sel["val_acc"])
+        out["val_selected_test_acc"] = float(sel["test_acc"])
+    return out
