@@ -131,3 +131,57 @@ def summarize_curves(curves: pd.DataFrame) -> dict:
         out["val_selected_val_acc"] = float(sel["val_acc"])
         out["val_selected_test_acc"] = float(sel["test_acc"])
     return out
+
+
+@dataclass
+class PreparedData:
+    """Tensors one run trains and evaluates on; `y` holds the (possibly noisy) labels as trained.
+
+    x: (n, L) float, y: (n,) int64 noisy, y_clean: (n,) int64 before noise, x_test/y_test: full test
+    set, x_val/y_val: the held-out validation rows, or None without a val split.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    y_clean: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+
+def split_sizes(cfg: Mapping, n: int) -> tuple[int, int]:
+    """(n_train, n_val) after holding out `val_split` of the n training rows and cutting to `train_size`."""
+    n_val = int(round(float(cfg.get("val_split") or 0.0) * n))
+    available = n - n_val
+    size = cfg.get("train_size")
+    return (available if size is None else int(size)), n_val
+
+
+def prepare_data(data, cfg: Mapping, seed: int) -> tuple[PreparedData, dict]:
+    """Hold out the val split, cut to train_size, add label noise to the training labels; returns (data, info).
+
+    `data` has x (n, L) float, y (n,) int64, x_test, y_test (a `data.DataSplit` or anything alike).
+    Val rows are drawn at random with generator(seed, "val_split"); the remaining rows keep their
+    original order (so sequential batches match the original), and the first `train_size` are kept.
+    Label noise uses `label_noise_seed` if set, else generator(seed, "label_noise").
+    """
+    n = len(data.x)
+    n_train, n_val = split_sizes(cfg, n)
+    x_val = y_val = None
+    x, y = data.x, data.y
+    if n_val > 0:
+        val_rows = torch.randperm(n, generator=generator(seed, "val_split"))[:n_val].sort().values
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[val_rows] = False  # train rows stay in their original order
+        val_rows, keep = val_rows.to(x.device), keep.to(x.device)
+        x_val, y_val, x, y = x[val_rows], y[val_rows], x[keep], y[keep]
+    x, y_clean = x[:n_train], y[:n_train]
+    noise_seed = cfg.get("label_noise_seed")
+    noise_seed = stream_seed(seed, "label_noise") if noise_seed is None else int(noise_seed)
+    y_noisy, changed = apply_label_noise(y_clean, float(cfg.get("label_noise") or 0.0),
+                                         cfg.get("label_noise_mode", "uniform"),
+                                         torch.Generator().manual_seed(noise_seed))
+    info = {"n_train": n_train, "n_val": n_val, "label_noise_changed_fraction": changed,
+            "label_noise_seed": noise_seed}
+    return PreparedData(x, y_noisy, y_clean, data.x_test, data.y_test, x_val, y_val), info
