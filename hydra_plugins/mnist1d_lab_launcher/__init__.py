@@ -1,0 +1,1 @@
+"""Hydra plugins of mnist1d_lab (the batched launcher)."""

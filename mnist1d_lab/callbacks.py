@@ -1,0 +1,94 @@
+"""Hydra callbacks: overall sweep progress, and the collected table + experiment figures at the end.
+
+Progress is kept in a file in the sweep folder (one line appended per finished job), so it works the
+same when jobs run in this process (basic), in worker processes (joblib) or on other machines
+(submitit). Hydra skips `on_multirun_end` when a job raised; jobs here record failures instead of
+raising, and `python -m mnist1d_lab.collect <sweep folder>` does the same work by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("mnist1d_lab.sweep")
+PROGRESS_FILE = ".progress.jsonl"
+TOTAL_FILE = ".progress_total.json"
+
+
+def count_jobs(task_overrides: list[str], sweeper_params: dict | None) -> int | None:
+    """Number of jobs the basic sweeper will launch (None when a sweep cannot be counted, e.g. glob)."""
+    parser = OverridesParser.create()
+    cli = parser.parse_overrides(list(task_overrides))
+    keys = {o.key_or_group for o in cli}
+    extra = [f"{k}={v}" for k, v in (sweeper_params or {}).items() if k not in keys]
+    total = 1
+    for o in cli + parser.parse_overrides(extra):
+        if o.is_sweep_override():
+            try:
+                total *= len(list(o.sweep_iterator()))
+            except Exception:  # glob() and friends need the config repository: not counted
+                return None
+    return total
+
+
+class SweepCallback(Callback):
+    """Logs `[done/total] skipped, failed, ETA` after each job; collects and summarises at the end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        sweep.mkdir(parents=True, exist_ok=True)
+        total = count_jobs(config.hydra.overrides.task, config.hydra.sweeper.get("params"))
+        (sweep / TOTAL_FILE).write_text(json.dumps({"total": total, "start": time.time()}))
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        if not (sweep / TOTAL_FILE).is_file():
+            return  # a single run, not a sweep
+        ret = job_return.return_value if isinstance(getattr(job_return, "return_value", None), dict) else {}
+        status = "skipped" if ret.get("skipped") else ret.get("status", "failed")
+        line = json.dumps({"status": status, "t": time.time()}) + "\n"
+        fd = os.open(sweep / PROGRESS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            os.write(fd, line.encode())  # one small O_APPEND write: atomic between processes
+        finally:
+            os.close(fd)
+        log.info(progress_line(sweep))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from .collect import collect_sweep
+
+        collect_sweep(Path(config.hydra.sweep.dir), config.get("experiment_name"))
+
+
+def progress_line(sweep: Path) -> str:
+    """`sweep: 12/40 runs done (3 skipped, 1 failed), 5:02 elapsed, ETA 11:40`."""
+    meta = json.loads((sweep / TOTAL_FILE).read_text())
+    events = [json.loads(s) for s in (sweep / PROGRESS_FILE).read_text().splitlines() if s.strip()]
+    done, total = len(events), meta["total"]
+    skipped = sum(e["status"] == "skipped" for e in events)
+    failed = sum(e["status"] in ("failed", "diverged") for e in events)
+    elapsed = time.time() - meta["start"]
+    ran = done - skipped
+    eta = "?"
+    if total and ran:  # remaining runs are assumed to train, like the ones that did
+        eta = _mmss(elapsed / ran * max(0, total - done))
+    total_s = total if total is not None else "?"
+    return (f"sweep: {done}/{total_s} runs done ({skipped} skipped, {failed} failed/diverged), "
+            f"{_mmss(elapsed)} elapsed, ETA {eta}")
+
+
+def _mmss(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"

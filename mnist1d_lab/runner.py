@@ -1,0 +1,114 @@
+"""Run one configured job: validate, skip if the store has it, train, write the record. No Hydra here."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from . import experiments, paths, records
+from .errors import ConfigError
+from .models import model_kwargs
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> str:
+    """`auto` -> cuda when available, else cpu; otherwise check the name."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", name, "auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and not torch.cuda.is_available()):
+        raise ConfigError("device", name, "auto, cpu, or cuda[:N] on a machine with CUDA")
+    return str(dev)
+
+
+def default_threads(workers: int = 1) -> int:
+    """CPU cores (this process may use) divided by the number of parallel workers, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check everything that can be checked before any work; raises ConfigError."""
+    from .data import validate as validate_data
+    from .train import validate_train
+
+    experiments.get(cfg.experiment_name)
+    model_kwargs(cfg.model)
+    validate_data(cfg.data)
+    validate_train(cfg.train, n_train=None)
+    resolve_device(cfg.device)
+    if cfg.num_threads is not None and (not isinstance(cfg.num_threads, int) or cfg.num_threads < 1):
+        raise ConfigError("num_threads", cfg.num_threads, "null or a positive integer")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError("seed", cfg.seed, "an integer")
+
+
+def setup_torch(cfg: DictConfig, workers: int = 1) -> int:
+    """Set the thread count deliberately (no oversubscription) and flush denormals; returns threads."""
+    threads = cfg.num_threads or default_threads(workers)
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # denormals build up as training converges: 2x on long runs
+    return threads
+
+
+def finish(cfg: DictConfig, out_dir: Path, result, error: str | None, wall: float, device: str,
+           threads: int) -> dict:
+    """Write a run's record into out_dir and, when finished, into the store; returns its summary."""
+    summary = dict(result.summary) if result is not None else {}
+    diverged = summary.get("diverged") or not math.isfinite(summary.get("final_train_loss", 0.0))
+    status = "failed" if error else "diverged" if diverged else "complete"
+    summary.update(status=status, error=error, run_key=records.run_key(cfg), experiment_name=cfg.experiment_name,
+                   wall_time_s=round(wall, 3))
+    seeds = {"seed": cfg.seed, "data.seed": cfg.data.seed, "label_noise_seed": summary.get("label_noise_seed")}
+    env = records.environment(device, seeds, threads)
+    records.write_record(out_dir, cfg, summary, result.curves if result is not None else None, env)
+    if status in records.DONE_STATUSES:
+        records.file_into_store(out_dir, paths.store_dir(cfg.paths.output_dir) / summary["run_key"])
+    return summary
+
+
+def lookup(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """If the store holds a finished record for cfg (and not force), copy it to out_dir and return it."""
+    store = paths.store_dir(cfg.paths.output_dir) / records.run_key(cfg)
+    if cfg.force or not records.is_done(store):
+        return None
+    records.copy_record(store, out_dir)
+    return records.read_summary(out_dir)
+
+
+def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
+    """Run one job end to end and return its summary (status: complete, diverged, failed or skipped).
+
+    Raises ConfigError for bad input (before any work where possible). Other exceptions are recorded
+    as `failed` and swallowed, unless cfg.stop_on_error.
+    """
+    validate(cfg)
+    out_dir = Path(out_dir)
+    found = lookup(cfg, out_dir)
+    if found is not None:
+        log.info("skipped: complete record %s in the store", found["run_key"])
+        return {**found, "skipped": True}
+    device, threads = resolve_device(cfg.device), setup_torch(cfg, workers)
+    start, result, error = time.perf_counter(), None, None
+    try:
+        result = experiments.get(cfg.experiment_name).run(cfg, device=device, progress=cfg.progress)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a failed run is recorded, and the sweep carries on
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("run failed: %s\n%s", error, traceback.format_exc())
+        if cfg.stop_on_error:
+            finish(cfg, out_dir, None, error, time.perf_counter() - start, device, threads)
+            raise
+    return finish(cfg, out_dir, result, error, time.perf_counter() - start, device, threads)
