@@ -38,6 +38,13 @@ def default_threads(workers: int = 1) -> int:
     return max(1, cores // max(1, workers))
 
 
+def _expected_n_train(data_cfg: DictConfig) -> int | None:
+    """Training rows a generated dataset will have (the original keeps num_samples // 10 per class)."""
+    if data_cfg.get("source", "generate") != "generate":
+        return None
+    return int((data_cfg.num_samples // 10) * 10 * data_cfg.train_split)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check everything that can be checked before any work; raises ConfigError."""
     from .data import validate as validate_data
@@ -46,7 +53,9 @@ def validate(cfg: DictConfig) -> None:
     experiments.get(cfg.experiment_name)
     model_kwargs(cfg.model)
     validate_data(cfg.data)
-    validate_train(cfg.train, n_train=None)
+    n_train = _expected_n_train(cfg.data)
+    if n_train is not None:  # a frozen dataset's size is known only after loading: train() checks then
+        validate_train(cfg.train, n_train=n_train)
     resolve_device(cfg.device)
     if cfg.num_threads is not None and (not isinstance(cfg.num_threads, int) or cfg.num_threads < 1):
         raise ConfigError("num_threads", cfg.num_threads, "null or a positive integer")
