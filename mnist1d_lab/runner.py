@@ -121,3 +121,61 @@ def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
             finish(cfg, out_dir, None, error, time.perf_counter() - start, device, threads)
             raise
     return finish(cfg, out_dir, result, error, time.perf_counter() - start, device, threads)
+
+
+def group_key(cfg: DictConfig) -> str:
+    """Runs with equal group keys differ only in what the batched trainer can stack (seed, width)."""
+    from .batched_models import WIDTH_KEY
+
+    plain = records._plain(cfg)
+    plain.pop("seed", None)
+    plain["model"] = {k: v for k, v in plain["model"].items() if k != WIDTH_KEY.get(plain["model"].get("name"))}
+    return records.run_key(plain)
+
+
+def execute_group(cfgs: list[DictConfig], out_dirs: list[Path], workers: int = 1,
+                  memory_budget_mb: float | None = None) -> list[dict]:
+    """Run jobs that share a group_key as one batched program; one record per job, as execute() writes.
+
+    Finished jobs are skipped member by member; if the members cannot batch (e.g. the GRU), or only one
+    is left, they run one at a time. A failure of the batched program is recorded for every member.
+    """
+    from . import batched
+    from .data import load
+
+    for cfg in cfgs:
+        validate(cfg)
+    summaries: list[dict | None] = [lookup(c, Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)]
+    for s in summaries:
+        if s is not None:
+            s["skipped"] = True
+            log.info("skipped: complete record %s in the store", s["run_key"])
+    todo = [i for i, s in enumerate(summaries) if s is None]
+    ok, reason = batched.can_batch([cfgs[i].model for i in todo], cfgs[todo[0]].train) if todo else (False, "")
+    if len(todo) < 2 or not ok:
+        if len(todo) > 1:
+            log.info("running %d jobs one at a time: %s", len(todo), reason)
+        for i in todo:
+            summaries[i] = execute(cfgs[i], out_dirs[i], workers)
+        return summaries
+    first = cfgs[todo[0]]
+    device, threads = resolve_device(first.device), setup_torch(first, workers)
+    log.info("training %d runs as one batched program (%s)", len(todo), first.model.name)
+    start, results, error = time.perf_counter(), None, None
+    try:
+        data = load(first.data, device=device)
+        results = batched.train_batched([cfgs[i].model for i in todo], [cfgs[i].seed for i in todo], data,
+                                        first.train, progress=first.progress, device=device,
+                                        memory_budget_mb=memory_budget_mb)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("batched group failed: %s\n%s", error, traceback.format_exc())
+        if first.stop_on_error:
+            raise
+    wall = (time.perf_counter() - start) / len(todo)  # the group's wall time, shared equally
+    for j, i in enumerate(todo):
+        summaries[i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None, error, wall,
+                              device, threads)
+    return summaries

@@ -1,0 +1,108 @@
+"""`hydra/launcher=batched`: fuse the jobs of a sweep that differ only in seed and width into one program.
+
+    python -m mnist1d_lab -m hydra/launcher=batched model=mlp model.width='range(1,200)' seed=0,1
+
+Jobs are grouped by `runner.group_key` (the resolved config without seed and width/channels); each
+group trains as one stacked model (`mnist1d_lab.batched`), chunked to `memory_budget_mb`. Every job
+still gets its own Hydra job folder (.hydra/ files, callbacks) and its own record, identical in form
+to the basic launcher's, so `collect` cannot tell the difference. Groups that cannot batch (the GRU,
+or a single job) run one job at a time. Finished jobs are skipped member by member.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+from mnist1d_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchedLauncherConf:
+    _target_: str = "hydra_plugins.mnist1d_lab_launcher.batched_launcher.BatchedLauncher"
+    memory_budget_mb: int = 2048  # a stacked group never needs more (estimated); bigger sweeps are chunked
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf,
+                             provider="mnist1d_lab")
+
+
+class BatchedLauncher(Launcher):
+    """Groups batchable jobs and trains each group at once; Hydra bookkeeping per job as usual."""
+
+    def __init__(self, memory_budget_mb: int = 2048) -> None:
+        self.memory_budget_mb = memory_budget_mb
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def _job_config(self, overrides: Sequence[str], idx: int) -> DictConfig:
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
+            cfg.hydra.job.num = idx
+        return cfg
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from mnist1d_lab import runner
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = [self._job_config(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        groups: dict[str, list[int]] = {}
+        for i, cfg in enumerate(configs):
+            task = _task_part(cfg)
+            groups.setdefault(runner.group_key(task), []).append(i)
+        log.info("Batched launcher: %d jobs in %d groups", len(configs), len(groups))
+        returns: list[JobReturn | None] = [None] * len(configs)
+        for members in groups.values():
+            precomputed = self._train_group([configs[i] for i in members])
+            for i, summary in zip(members, precomputed, strict=True):
+                returns[i] = self._bookkeep(configs[i], summary)
+        return returns
+
+    def _train_group(self, cfgs: list[DictConfig]) -> list[dict | None]:
+        """Train a group in one program, writing each record into the job folder Hydra will use."""
+        from mnist1d_lab import runner
+
+        if len(cfgs) == 1:
+            return [None]  # a lone job goes through the task function as usual
+        out_dirs = [Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir) for c in cfgs]
+        HydraConfig.instance().set_config(cfgs[0])
+        try:
+            return runner.execute_group([_task_part(c) for c in cfgs], out_dirs,
+                                        memory_budget_mb=self.memory_budget_mb)
+        except ConfigError as exc:  # bad input: one line, exit 2, as the single-job path does
+            print(f"mnist1d_lab: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    def _bookkeep(self, cfg: DictConfig, summary: dict | None) -> JobReturn:
+        """Hydra's per-job steps (folder, .hydra files, logging, callbacks) around the precomputed result."""
+        HydraConfig.instance().set_config(cfg)
+        task = self.task_function if summary is None else (lambda _cfg: summary)
+        return run_job(hydra_context=self.hydra_context, task_function=task, config=cfg,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
+def _task_part(cfg: DictConfig) -> DictConfig:
+    """The job config without the `hydra` node (what the task function sees)."""
+    task = cfg.copy()
+    with open_dict(task):
+        task.pop("hydra", None)
+    return task
