@@ -1,0 +1,265 @@
+"""Many models in one program: train K members with the same inputs and records as K runs of train.train.
+
+Members may differ in `seed` and in width (MLP `width`, CNN `channels`); everything else must match
+(`can_batch` says why not). Member k is built exactly as models.build_model(model_cfgs[k], seeds[k]),
+copied into stacked, zero-padded parameters (`batched_models.StackedModel`, whose docstring explains why
+padding is exact), and gets the same prepared data (protocol.prepare_data: val split, train_size, label
+noise from its own seed), the same batch order (sequential: one shared order; reshuffle: its own
+permutations from protocol.generator(seed_k, "batch_order"), gathered into a (K, B, L) batch), the same
+optimiser (train.make_optimizer over the stacked tensors; Adam and SGD are elementwise, so per member)
+and the same evaluation points and records. The loss is the SUM over members of each member's mean loss.
+
+Speed (speed-notes.md §4): with a shared batch the first layer of all members is one (B, L) @ (L, K*P)
+mm (one conv with K*P output channels for the CNN), later layers are bmm / grouped conv, Adam is fused,
+denormals are flushed, and there is no host sync between evaluations. Evaluation runs all members at
+once over chunks of rows.
+
+Falls back (can_batch -> False): the GRU (aten's GRU kernel has no stacked form; run it one at a time),
+mixed families or any model knob other than width/channels differing, and unknown train keys (they
+might couple members). Divergence: as in train.train, a member whose full-train loss is non-finite at an
+evaluation stops there (diverged=True); NaNs never leave a member's block, and the member is then
+zeroed and frozen while the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import models, protocol
+from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel, _width, stacked_num_params
+from .errors import ConfigError
+from .train import TRAIN_DEFAULTS, make_optimizer, validate_train
+
+log = logging.getLogger(__name__)
+
+EVAL_ELEMS = 8_000_000  # activation elements per evaluation chunk (about 32 MB in float32)
+Hook = Callable[[int, StackedModel, torch.optim.Optimizer], None]
+
+
+def batch_key(model_cfg: Mapping) -> tuple:
+    """Hashable key: members whose keys are equal (and same train cfg) can share one stack."""
+    cfg = models.model_kwargs(model_cfg)
+    cfg.pop(WIDTH_KEY.get(model_cfg["name"], ""), None)
+    return (model_cfg["name"], tuple(sorted((k, repr(v)) for k, v in cfg.items())))
+
+
+def can_batch(model_cfgs: Sequence[Mapping], cfg: Mapping) -> tuple[bool, str]:
+    """(True, "") if these members can train as one stack under train cfg `cfg`, else (False, reason)."""
+    if not model_cfgs:
+        return False, "no members"
+    name = model_cfgs[0].get("name")
+    if name not in BATCHABLE:
+        return False, f"model {name!r} is not batched (batchable: {list(BATCHABLE)}); run it one at a time"
+    try:
+        keys = {batch_key(c) for c in model_cfgs}
+    except ConfigError as err:
+        return False, str(err)
+    if len(keys) > 1:
+        return False, f"members differ in more than seed and {WIDTH_KEY.get(name, 'nothing')}: {sorted(keys)}"
+    unknown = set(cfg) - set(TRAIN_DEFAULTS)
+    if unknown:
+        return False, f"unknown train keys {sorted(unknown)} (they might couple members)"
+    return True, ""
+
+
+def _act_per_example(name: str, width: int, depth: int) -> int:
+    """Activation elements kept per example and member for backward (rough, padded width)."""
+    if name == "logistic":
+        return 3 * 10
+    if name == "mlp":
+        return 3 * depth * width + 3 * 10
+    return 3 * width * (19 + 10 + 5) + 3 * 10  # the paper's CNN lengths; deeper/shorter nets use less
+
+
+def estimate_memory_mb(model_cfgs: Sequence[Mapping], n_train: int, batch_size: int = 100,
+                       dtype_bytes: int = 4) -> float:
+    """Estimated peak MB of one stack: params + grads + 2 Adam moments, batch and eval activations, labels."""
+    name, K = model_cfgs[0]["name"], len(model_cfgs)
+    width = max(_width(c) for c in model_cfgs)
+    depth = int(model_cfgs[0].get("depth") or (2 if name == "mlp" else 3))
+    params = 4 * K * stacked_num_params(name, width, depth)
+    act = _act_per_example(name, width, depth)
+    eval_rows = min(n_train, max(1, EVAL_ELEMS // (K * act)))
+    acts = K * act * (batch_size + eval_rows)
+    return (dtype_bytes * (params + acts) + 8 * K * n_train + dtype_bytes * K * batch_size * 40) / 2**20
+
+
+def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
+                batch_size: int = 100) -> list[list[int]]:
+    """Split member indices into groups whose estimated memory fits `budget_mb`, small widths together."""
+    order = sorted(range(len(model_cfgs)), key=lambda i: _width(model_cfgs[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and estimate_memory_mb([model_cfgs[j] for j in groups[-1] + [i]], n_train,
+                                         batch_size) <= budget_mb:
+            groups[-1].append(i)
+        else:
+            groups.append([i])  # a single member always gets a group, even over budget
+    return groups
+
+
+def _member_losses(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(K, B, C) logits, (K, B) labels -> (K, B) per-example losses (protocol.loss_fn before its mean)."""
+    if name == "cross_entropy":
+        return torch.logsumexp(logits, -1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    if name == "mse":
+        onehot = torch.nn.functional.one_hot(y, logits.shape[-1]).to(logits.dtype)
+        return (logits - onehot).square().sum(-1)
+    raise ConfigError("train.loss", name, f"one of {list(protocol.LOSSES)}")
+
+
+@torch.no_grad()
+def _evaluate(model: StackedModel, x: torch.Tensor, y: torch.Tensor, loss: str, chunk: int) -> torch.Tensor:
+    """(K, 2) [mean loss, accuracy] per member; x (n, L) shared or (K, n, L), y (K, n)."""
+    n = y.shape[1]
+    total = torch.zeros(model.K, 2, dtype=x.dtype, device=x.device)
+    for start in range(0, n, chunk):
+        xs, ys = x[..., start:start + chunk, :], y[:, start:start + chunk]
+        logits = model(xs)  # (K, b, C)
+        total[:, 0] += _member_losses(loss, logits, ys).sum(-1)
+        total[:, 1] += (logits.argmax(-1) == ys).sum(-1).to(x.dtype)
+    return total / n
+
+
+def _stack_same(ts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One shared tensor if all members have the same one, else stacked along a new first axis."""
+    first = ts[0]
+    if all(t is first or (t.shape == first.shape and torch.equal(t, first)) for t in ts[1:]):
+        return first
+    return torch.stack(list(ts))
+
+
+def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg: Mapping,
+                  progress: bool = True, device: str | torch.device | None = None, hook: Hook | None = None,
+                  memory_budget_mb: float | None = None, dtype: torch.dtype | None = None
+                  ) -> list[protocol.TrainResult]:
+    """Train member k = (model_cfgs[k], seeds[k]) as train.train would, all at once; one TrainResult each.
+
+    `hook(step, stacked_model, optimizer)` runs after every update. With `memory_budget_mb`, members
+    are split by plan_groups and the groups run one after another. `dtype` defaults to data.x's.
+    """
+    if len(model_cfgs) != len(seeds):
+        raise ValueError(f"{len(model_cfgs)} model configs but {len(seeds)} seeds")
+    ok, reason = can_batch(model_cfgs, cfg)
+    if not ok:
+        raise ConfigError("model", [dict(c) for c in model_cfgs][:3], f"members that can batch: {reason}")
+    cfg = {**TRAIN_DEFAULTS, **cfg}
+    validate_train(cfg, len(data.x))
+    if memory_budget_mb is None:
+        return _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype)
+    n_train = protocol.split_sizes(cfg, len(data.x))[0]
+    results: list = [None] * len(model_cfgs)
+    for group in plan_groups(model_cfgs, n_train, memory_budget_mb, int(cfg["batch_size"])):
+        out = _train_group([model_cfgs[i] for i in group], [seeds[i] for i in group], data, cfg,
+                           progress, device, hook, dtype)
+        for i, r in zip(group, out, strict=True):
+            results[i] = r
+    return results
+
+
+def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) -> list[protocol.TrainResult]:
+    torch.set_flush_denormal(True)  # subnormal Adam moments late in training cost up to 2x
+    device = torch.device(device) if device is not None else data.x.device
+    dtype = dtype or data.x.dtype
+    K = len(seeds)
+    model = StackedModel(model_cfgs, seeds, data.x.shape[1], 10, dtype, device)
+    preps, infos = zip(*(protocol.prepare_data(data, cfg, s) for s in seeds), strict=True)
+
+    def split(xs, ys):  # x shared (n, L) or per member (K, n, L); labels always (K, n)
+        return _stack_same([t.to(device, dtype) for t in xs]), torch.stack([t.to(device) for t in ys])
+
+    splits = {"train": split([p.x for p in preps], [p.y for p in preps]),
+              "test": split([p.x_test for p in preps], [p.y_test for p in preps])}
+    if preps[0].x_val is not None:
+        splits["val"] = split([p.x_val for p in preps], [p.y_val for p in preps])
+    x, y = splits["train"]
+    n, batch_size, loss_name = y.shape[1], int(cfg["batch_size"]), cfg["loss"]
+    total = protocol.num_updates(cfg, n)
+    evals = set(protocol.eval_steps(total, int(cfg["eval_every"])))
+    if cfg["batch_order"] == "sequential":  # one order for all: the first layer is one shared mm
+        orders = [protocol.batches(n, batch_size, "sequential")]
+    else:
+        orders = [protocol.batches(n, batch_size, "reshuffle", protocol.generator(s, "batch_order"))
+                  for s in seeds]
+    members = torch.arange(K, device=device).unsqueeze(1)  # (K, 1) for per-member gathers
+    optimizer = make_optimizer(model, cfg)
+    chunk = max(1, EVAL_ELEMS // (K * _act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
+    columns = ["step"] + [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
+    records: list[list[list[float]]] = [[] for _ in range(K)]
+    alive = [True] * K
+    weight = torch.ones(K, dtype=dtype, device=device)  # 0 for diverged members
+
+    def run_eval(step: int) -> None:
+        metrics = torch.cat([_evaluate(model, xs, ys, loss_name, chunk) for xs, ys in splits.values()], 1)
+        for k, row in enumerate(metrics.tolist()):  # the one host sync per evaluation
+            if alive[k]:
+                records[k].append([float(step)] + row)
+                if not math.isfinite(row[0]):
+                    alive[k] = False
+                    _freeze(model, optimizer, k)
+                    weight[k] = 0.0
+
+    bar = tqdm(total=total, disable=not progress, desc=f"train x{K}", unit="step", leave=False)
+    start = time.perf_counter()
+    run_eval(0)
+    for step in range(1, total + 1):
+        if not any(alive):
+            break
+        if len(orders) == 1:
+            sel = next(orders[0])
+            xb, yb = x[..., sel, :], y[:, sel]  # (B, L) shared or (K, B, L); (K, B)
+        else:
+            idx = torch.stack([next(o) for o in orders]).to(device)  # (K, B)
+            xb = x[idx] if x.dim() == 2 else x[members, idx]  # (K, B, L)
+            yb = y.gather(1, idx)
+        losses = _member_losses(loss_name, model(xb), yb).mean(-1)  # (K,) each member's mean loss
+        optimizer.zero_grad(set_to_none=True)
+        (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
+        optimizer.step()
+        if hook is not None:
+            hook(step, model, optimizer)
+        if step in evals:
+            run_eval(step)
+            bar.update(step - bar.n)
+    bar.close()
+    seconds = time.perf_counter() - start
+
+    results = []
+    for k in range(K):
+        curves = pd.DataFrame(records[k], columns=columns).astype({"step": "int64"})
+        member = model.extract(k)
+        summary = {**protocol.summarize_curves(curves), **infos[k], "diverged": not alive[k],
+                   "num_params": models.count_parameters(member), "train_seconds": seconds / K}
+        results.append(protocol.TrainResult(curves=curves, summary=summary, model=member))
+    log.info("trained %d members x %d steps in %.1f s", K, total, seconds)
+    return results
+
+
+@torch.no_grad()
+def _freeze(model: StackedModel, optimizer: torch.optim.Optimizer, k: int) -> None:
+    """Zero member k's parameters and optimiser state: with zero loss weight it then never moves."""
+    for name, p in model.named_parameters():
+        tensors = [p] + [s for s in optimizer.state.get(p, {}).values() if torch.is_tensor(s) and s.shape == p.shape]
+        for t in tensors:
+            model.member_view(name, t, k).zero_()
+
+
+def sequential_fallback(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg: Mapping,
+                        progress: bool = True, device: str | torch.device | None = None
+                        ) -> list[protocol.TrainResult]:
+    """One train.train run per member (what a launcher does when can_batch says no, e.g. for the GRU)."""
+    from .train import train
+
+    return [train(models.build_model(c, s, data.x.shape[1]), data, cfg, s, progress=progress, device=device)
+            for c, s in zip(model_cfgs, seeds, strict=True)]
+
+
+__all__ = ["batch_key", "can_batch", "estimate_memory_mb", "plan_groups", "train_batched",
+           "sequential_fallback", "StackedModel"]

@@ -1,0 +1,186 @@
+"""K models of one family as stacked, zero-padded parameters (logistic, MLP, CNN), for `batched.py`.
+
+Member k of a `StackedModel` is exactly the model `models.build_model(cfgs[k], seeds[k])`: it is built
+that way, copied into the stacked tensors, and can be copied back out with `extract(k)`.
+
+Why zero padding is exact (members of different `width` / `channels`, padded to the largest, P):
+  * A padded hidden unit j of member k has zero incoming weights and zero bias, so its pre-activation
+    is exactly 0, and act(0) = 0 for every activation in `models.ACTIVATIONS` (relu, tanh, gelu, elu,
+    silu). With a residual layer h + act(W h) it stays 0 as well. Its outgoing weights are zero too,
+    so the member's logits are those of its own-width model (adding exact zeros changes no sum).
+  * Gradients: d(outgoing weight of j) = h_j * delta = 0; the back-propagated signal into j is
+    (outgoing weights of j) . delta = 0, so d(incoming weight of j) = d(bias of j) = act'(0) * 0 = 0.
+  * Optimisers are elementwise: with g = 0 and p = 0, Adam keeps m = v = 0 and moves p by
+    0 / (sqrt(0) + eps) = 0; L2 weight decay adds wd * p = 0; SGD momentum buffers stay 0. So padded
+    entries stay exactly zero forever and the real entries follow their own model's trajectory.
+  * Members never mix: every layer is block-diagonal over members (bmm, grouped conv, or one mm whose
+    output columns belong to one member each), and the loss is the SUM of members' mean losses, so each
+    member receives exactly its own gradient (a mean would scale it by 1/K).
+  This holds up to floating-point summation order (bmm vs addmm): equal to ~1e-15 in float64; in
+  float32 trajectories drift apart chaotically after ~100 Adam steps, as they do between thread counts.
+  No masks are needed in the forward pass; `padding_masks()` exists for tests and weight decay checks.
+
+Layouts (K members, P = padded width or channels, L = input length, C = classes):
+  logistic / first MLP layer: w (L, K, P) so that a shared batch x (B, L) does ONE mm with
+      w.view(L, K*P); a per-member batch (K, B, L) uses bmm with w.permute(1, 0, 2).
+  MLP hidden layers: w (K, P, P) [in, out]; head w (K, P, C).
+  CNN: conv weights (K*P, c_in, k); the first conv on a shared input is one conv with K*P output
+      channels, per-member inputs and later layers use groups=K; head w (K, P*L_out, C).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import models
+
+ACT_FNS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "elu": F.elu, "silu": F.silu}
+BATCHABLE = ("logistic", "mlp", "cnn")
+WIDTH_KEY = {"mlp": "width", "cnn": "channels"}  # the one knob members may differ in (besides seed)
+
+
+def _width(cfg: Mapping) -> int:
+    """A member's width (MLP units / CNN channels) with the model's default if unset."""
+    name = cfg["name"]
+    if name not in WIDTH_KEY:
+        return 0
+    default = {"mlp": 100, "cnn": 25}[name]
+    return int(cfg.get(WIDTH_KEY[name]) or default)
+
+
+class StackedModel(nn.Module):
+    """K members of one family (logistic, mlp, cnn) as stacked, zero-padded parameters."""
+
+    def __init__(self, cfgs: Sequence[Mapping], seeds: Sequence[int], input_len: int = 40,
+                 num_classes: int = 10, dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.name = cfgs[0]["name"]
+        if self.name not in BATCHABLE:
+            raise ValueError(f"model {self.name!r} cannot be stacked; batchable: {BATCHABLE}")
+        self.cfgs, self.seeds = [dict(c) for c in cfgs], list(seeds)
+        self.K, self.L, self.C = len(cfgs), input_len, num_classes
+        self.widths = [_width(c) for c in cfgs]
+        self.P = max(self.widths) if self.name != "logistic" else num_classes
+        small = [models.build_model(c, s, input_len, num_classes) for c, s in zip(cfgs, seeds, strict=True)]
+        self.act = ACT_FNS[small[0].act.__class__.__name__.lower()] if hasattr(small[0], "act") else None
+        kw = {"dtype": dtype, "device": device}
+        K, P, L, C = self.K, self.P, self.L, self.C
+
+        def zeros(*shape):
+            return nn.Parameter(torch.zeros(*shape, **kw))
+
+        if self.name in ("logistic", "mlp"):
+            self.w0, self.b0 = zeros(L, K, P), zeros(K, P)
+        if self.name == "mlp":
+            self.residual = bool(small[0].residual)
+            depth = len(small[0].hidden)
+            self.ws = nn.ParameterList(zeros(K, P, P) for _ in range(depth - 1))
+            self.bs = nn.ParameterList(zeros(K, P) for _ in range(depth - 1))
+            self.wo, self.bo = zeros(K, P, C), zeros(K, C)
+        if self.name == "cnn":
+            convs = small[0].convs
+            self.conv_args = [(c.stride[0], c.padding[0]) for c in convs]
+            self.cw = nn.ParameterList(zeros(K * P, 1 if i == 0 else P, c.kernel_size[0])
+                                       for i, c in enumerate(convs))
+            self.cb = nn.ParameterList(zeros(K * P) for _ in convs)
+            self.l_out = small[0].out.in_features // self.widths[0]
+            self.wo, self.bo = zeros(K, P * self.l_out, C), zeros(K, C)
+        with torch.no_grad():
+            for k, m in enumerate(small):
+                self._copy(k, m, into_stack=True)
+
+    def _pairs(self, k: int, m: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(view into the stacked parameter, the small model's tensor in the same layout) for member k."""
+        w, P, C = self.widths[k], self.P, self.C
+        if self.name == "logistic":
+            return [(self.w0[:, k], m.linear.weight.T), (self.b0[k], m.linear.bias)]
+        if self.name == "mlp":
+            out = [(self.w0[:, k, :w], m.hidden[0].weight.T), (self.b0[k, :w], m.hidden[0].bias)]
+            for i, lin in enumerate(m.hidden[1:]):
+                out += [(self.ws[i][k, :w, :w], lin.weight.T), (self.bs[i][k, :w], lin.bias)]
+            return out + [(self.wo[k, :w], m.out.weight.T), (self.bo[k], m.out.bias)]
+        out = []
+        for i, conv in enumerate(m.convs):
+            cin = 1 if i == 0 else w
+            out += [(self.cw[i][k * P:k * P + w, :cin], conv.weight), (self.cb[i][k * P:k * P + w], conv.bias)]
+        head = self.wo[k].view(P, self.l_out, C)[:w]  # (w, L_out, C): rows follow flatten order (c, l)
+        return out + [(head, m.out.weight.view(C, w, self.l_out).permute(1, 2, 0)), (self.bo[k], m.out.bias)]
+
+    def _copy(self, k: int, m: nn.Module, into_stack: bool) -> None:
+        for stacked, small in self._pairs(k, m):
+            (stacked if into_stack else small).copy_(small if into_stack else stacked)
+
+    @torch.no_grad()
+    def extract(self, k: int) -> nn.Module:
+        """Member k as an ordinary model of its own width (a copy, same dtype/device as the stack)."""
+        m = models.build_model(self.cfgs[k], self.seeds[k], self.L, self.C)
+        p0 = next(self.parameters())
+        m = m.to(dtype=p0.dtype, device=p0.device)
+        self._copy(k, m, into_stack=False)
+        return m
+
+    def member_view(self, name: str, t: torch.Tensor, k: int) -> torch.Tensor:
+        """Member k's block of `t`, a tensor shaped like parameter `name` (e.g. its Adam moment)."""
+        if name in ("w0",):
+            return t[:, k]
+        if name.startswith(("cw.", "cb.")):
+            return t[k * self.P:(k + 1) * self.P]
+        return t[k]
+
+    @torch.no_grad()
+    def padding_masks(self) -> dict[str, torch.Tensor]:
+        """Per parameter name, a 0/1 tensor marking the entries that belong to a real member unit."""
+        saved = [p.detach().clone() for p in self.parameters()]
+        for p in self.parameters():
+            p.zero_()
+        for k in range(self.K):  # copy all-ones members into the zeroed stack
+            m = models.build_model(self.cfgs[k], self.seeds[k], self.L, self.C).to(saved[0].dtype)
+            for q in m.parameters():
+                q.fill_(1)
+            self._copy(k, m, into_stack=True)
+        masks = {n: p.detach().clone() for n, p in self.named_parameters()}
+        for p, s in zip(self.parameters(), saved, strict=True):
+            p.copy_(s)
+        return masks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L) shared inputs or (K, B, L) per-member inputs -> (K, B, C) logits."""
+        K, P = self.K, self.P
+        shared = x.dim() == 2
+        if self.name == "cnn":
+            return self._forward_cnn(x, shared)
+        if shared:  # one (B, L) @ (L, K*P) mm for all members' first layers
+            h = torch.addmm(self.b0.view(-1), x, self.w0.view(self.L, K * P)).view(-1, K, P).transpose(0, 1)
+        else:
+            h = torch.baddbmm(self.b0.unsqueeze(1), x, self.w0.permute(1, 0, 2))  # (K, B, P)
+        if self.name == "logistic":
+            return h
+        h = self.act(h)
+        for w, b in zip(self.ws, self.bs, strict=True):
+            z = self.act(torch.baddbmm(b.unsqueeze(1), h, w))
+            h = h + z if self.residual else z
+        return torch.baddbmm(self.bo.unsqueeze(1), h, self.wo)
+
+    def _forward_cnn(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
+        # h: (B, K*P, L_i), channel block k*P..(k+1)*P belongs to member k
+        h = x.unsqueeze(1) if shared else x.transpose(0, 1)  # (B, 1, L) or (B, K, L)
+        for i, ((stride, pad), w, b) in enumerate(zip(self.conv_args, self.cw, self.cb, strict=True)):
+            groups = 1 if (i == 0 and shared) else self.K
+            h = self.act(F.conv1d(h, w, b, stride=stride, padding=pad, groups=groups))
+        h = h.reshape(h.shape[0], self.K, -1).transpose(0, 1)  # (K, B, P*L_out)
+        return torch.baddbmm(self.bo.unsqueeze(1), h, self.wo)
+
+
+def stacked_num_params(name: str, width: int, depth: int, input_len: int = 40, num_classes: int = 10,
+                       l_out: int = 5, kernels: Sequence[int] = (5, 3, 3)) -> int:
+    """Parameters of one padded member (what a stack costs per member at padded width)."""
+    if name == "logistic":
+        return (input_len + 1) * num_classes
+    if name == "mlp":
+        return (input_len + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * num_classes
+    cin = [1] + [width] * (len(kernels) - 1)
+    return sum(c * width * k + width for c, k in zip(cin, kernels, strict=True)) + (width * l_out + 1) * num_classes
