@@ -9,8 +9,6 @@ to the basic launcher's, so `collect` cannot tell the difference. Groups that ca
 or a single job) run one job at a time. Finished jobs are skipped member by member.
 """
 
-from __future__ import annotations
-
 import logging
 import sys
 from collections.abc import Sequence

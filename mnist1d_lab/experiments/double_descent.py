@@ -1,0 +1,146 @@
+"""Deep double descent (paper Figure 4): test error vs model size, with and without label noise.
+
+Question: does test error fall, rise near the interpolation threshold (the smallest model that fits
+          the noisy training labels), and fall again? Is the threshold near n or n*K parameters
+          (n training examples, K = 10 classes), and does that depend on the loss (cross-entropy, MSE)?
+Command:  python -m mnist1d_lab experiment=double_descent            (MLP clean, MLP noisy, CNN noisy: 67 runs)
+          python -m mnist1d_lab experiment=double_descent model.width='range(1,200)'    (398 MLP runs)
+          python -m mnist1d_lab experiment=double_descent_mse        (CE vs MSE x n in 1k/2k/4k: 60 runs)
+          python scripts/figure4.py [--mse] [--smoke]                (runs the above, prints the outputs)
+CPU time: see docs/double_descent.md for measured times (2 cores, batched launcher); the original
+          notebook took 11 + 13 + 47 min (unbatched).
+Expected: noisy MLP: test error ~47 % at h~16, a peak ~54 % near h~47-61 where train error reaches 0
+          (~5-7k parameters, near n = 4,000, far below n*K = 40,000), then ~45 % at h=300; clean MLP:
+          68 -> 37 % without a pronounced peak; noisy CNN: ~20 % at c=10, peak ~34 % at c~18, ~28 % at 100.
+Outputs:  dd_results.csv (one row per run), dd_thresholds.csv/.md (per setting), figure4.png/.pdf.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .. import records
+from ..plots import STYLE, save_figure
+from .benchmark import to_markdown
+from .train import run  # noqa: F401  (each job is a plain training run)
+
+K = 10  # classes
+SIZE_KEY = {"mlp": "model.width", "cnn": "model.channels"}  # the swept knob of each model family
+SETTING = ["model.name", "train.loss", "train.label_noise", "train.label_noise_mode", "n_train"]
+RESULT_COLUMNS = ["model.name", "size", "num_params", "train.loss", "train.label_noise", "train.label_noise_mode",
+                  "n_train", "seed", "train_error", "test_error", "final_train_loss", "final_test_loss",
+                  "label_noise_changed_fraction", "label_noise_seed", "steps", "diverged"]
+
+
+def dd_results(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: size (MLP width or CNN channels), parameters, final errors (1 - accuracy), losses."""
+    t = table.copy()
+    t["size"] = [row.get(SIZE_KEY.get(row["model.name"], ""), np.nan) for _, row in t.iterrows()]
+    t["size"] = t["size"].astype("Int64")
+    t["train_error"] = (1 - t["final_train_acc"]).round(6)  # accuracies are float32 fractions of n
+    t["test_error"] = (1 - t["final_test_acc"]).round(6)
+    for c in RESULT_COLUMNS:
+        if c not in t:
+            t[c] = np.nan
+    t["train.label_noise"] = t["train.label_noise"].astype(float)
+    return t[RESULT_COLUMNS].sort_values(SETTING + ["num_params", "seed"]).reset_index(drop=True)
+
+
+def _by_size(sub: pd.DataFrame) -> pd.DataFrame:
+    """Mean (over seeds) errors per size of one setting, sorted by parameter count."""
+    return (sub.groupby(["size", "num_params"], as_index=False)[["train_error", "test_error"]].mean()
+            .sort_values("num_params").reset_index(drop=True))
+
+
+def interpolation_threshold(curve: pd.DataFrame, tol: float = 0.0) -> pd.Series | None:
+    """The smallest model (row of a by-size curve) whose training error is <= tol, or None."""
+    fit = curve[curve["train_error"] <= tol]
+    return fit.iloc[0] if len(fit) else None
+
+
+def test_peak(curve: pd.DataFrame, threshold_params: float | None = None) -> tuple[pd.Series, pd.Series]:
+    """(classical minimum, peak): the lowest test error below the threshold, then the highest at or after it."""
+    below = curve if threshold_params is None else curve[curve["num_params"] < threshold_params]
+    i_min = (below if len(below) else curve)["test_error"].idxmin()
+    return curve.loc[i_min], curve.loc[curve.loc[i_min:, "test_error"].idxmax()]
+
+
+def thresholds(results: pd.DataFrame, tol: float = 0.0) -> pd.DataFrame:
+    """Per setting: interpolation threshold, classical minimum and test-error peak, beside n and n*K."""
+    rows = []
+    for key, sub in results.groupby(SETTING, dropna=False):
+        curve = _by_size(sub)
+        thr = interpolation_threshold(curve, tol)
+        lo, peak = test_peak(curve, None if thr is None else thr["num_params"])
+        n = int(key[-1])
+        rows.append({**dict(zip(SETTING, key, strict=True)), "seeds": sub["seed"].nunique(),
+                     "n": n, "n_K": n * K,
+                     "threshold_size": None if thr is None else int(thr["size"]),
+                     "threshold_params": None if thr is None else int(thr["num_params"]),
+                     "threshold_over_n": None if thr is None else round(thr["num_params"] / n, 2),
+                     "min_size": int(lo["size"]), "min_test_error": round(100 * lo["test_error"], 2),
+                     "peak_size": int(peak["size"]), "peak_params": int(peak["num_params"]),
+                     "peak_test_error": round(100 * peak["test_error"], 2),
+                     "peak_excess": round(100 * (peak["test_error"] - lo["test_error"]), 2),
+                     "largest_size": int(curve["size"].iloc[-1]),
+                     "largest_test_error": round(100 * curve["test_error"].iloc[-1], 2)})
+    return pd.DataFrame(rows)
+
+
+def _panel_title(model: str, noise: float, mode: str, n: int) -> str:
+    noise_txt = "clean labels" if noise == 0 else f"{100 * noise:g} % label noise" + (
+        "" if mode == "uniform" else f" ({mode})")
+    return f"{model.upper()}, {noise_txt}, n = {n:,}"
+
+
+def figure4(results: pd.DataFrame) -> plt.Figure:
+    """Test (solid) and train (dashed) error % vs parameters, one panel per setting, one colour per loss."""
+    panel_keys = ["model.name", "train.label_noise", "train.label_noise_mode", "n_train"]
+    order = {"mlp": 0, "cnn": 1}
+    panels = sorted(results.groupby(panel_keys, dropna=False),  # MLP before CNN, clean first, large n first
+                    key=lambda kv: (order.get(kv[0][0], 2), kv[0][1], -kv[0][3]))
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+        colors = {"cross_entropy": "C0", "mse": "C3"}
+        for ax, ((model, noise, mode, n), sub) in zip(axes.flat, panels, strict=False):
+            for loss, ls in sub.groupby("train.loss"):
+                curve = _by_size(ls)
+                c = colors.get(loss, "C2")
+                name = "CE" if loss == "cross_entropy" else loss.upper()
+                ax.plot(curve["num_params"], 100 * curve["test_error"], "-o", ms=2.5, color=c, label=f"test ({name})")
+                ax.plot(curve["num_params"], 100 * curve["train_error"], "--", lw=1, color=c, alpha=0.7,
+                        label=f"train ({name})")
+                thr = interpolation_threshold(curve)
+                if thr is not None:
+                    ax.plot(thr["num_params"], 100 * thr["test_error"], "v", color=c, ms=6, mec="k", mew=0.5)
+            for x, txt in ((n, "n"), (n * K, "nK")):
+                ax.axvline(x, color="0.4", ls=":", lw=1)
+                ax.text(x, 1.0, f" {txt}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="0.3")
+            ax.set(xscale="log", xlabel="parameters", ylabel="error (%)", ylim=(0, None),
+                   title=_panel_title(model, noise, mode, int(n)))
+            ax.title.set_fontsize(9)
+            ax.legend(frameon=False, fontsize=7, loc="upper right")
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        fig.suptitle("Deep double descent on MNIST-1D (final errors; ▼ = smallest model with zero train error)",
+                     fontsize=10)
+        fig.tight_layout()
+    return fig
+
+
+def summarize(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Write dd_results.csv, dd_thresholds.csv/.md and figure4.png/.pdf into out_dir."""
+    out_dir = Path(out_dir)
+    res = dd_results(table)
+    thr = thresholds(res)
+    records.write_atomic(out_dir / "dd_results.csv", res.to_csv(index=False))
+    records.write_atomic(out_dir / "dd_thresholds.csv", thr.to_csv(index=False))
+    records.write_atomic(out_dir / "dd_thresholds.md", to_markdown(thr))
+    return [out_dir / "dd_results.csv", out_dir / "dd_thresholds.csv", out_dir / "dd_thresholds.md",
+            *save_figure(figure4(res), out_dir, "figure4")]
