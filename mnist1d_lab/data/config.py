@@ -104,6 +104,7 @@ def validate(cfg: Mapping | Any | None) -> None:
     need("padding", isinstance(pad, list) and len(pad) == 2 and all(_is_int(p) for p in pad),
          "a list [low, high] of two integers")
     need("padding", 0 <= pad[0] <= pad[1], "0 <= low <= high")
+    need("template_len", k["template_len"] + pad[1] >= 2, "template_len + padding[1] >= 2 (dilated length)")
     for key in ("train_split", "scale_coeff", "corr_noise_scale", "iid_noise_scale", "shear_scale"):
         need(key, _is_num(k[key]), "a number")
     need("train_split", 0 < k["train_split"] < 1, "a fraction strictly between 0 and 1")
