@@ -157,8 +157,8 @@ def train(model: nn.Module, data, cfg: Mapping, seed: int, hook: Hook | None = N
             hook(step, model, optimizer)
         if step in evals:
             row = run_eval(step)
-            bar.update(step - done)
             bar.set_postfix(test_acc=f"{row[columns.index('test_acc')]:.3f}", refresh=False)
+            bar.update(step - done)  # refreshes the bar, postfix included
             done = step
             if not math.isfinite(row[1]):  # full-train loss NaN/inf: the run has diverged
                 diverged = True
