@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -133,6 +134,15 @@ def summarize_curves(curves: pd.DataFrame) -> dict:
     return out
 
 
+class DataLike(Protocol):
+    """What the training loops need from a dataset (e.g. `data.DataSplit`): float inputs, int64 labels."""
+
+    x: torch.Tensor  # (n, L)
+    y: torch.Tensor  # (n,)
+    x_test: torch.Tensor  # (n_test, L)
+    y_test: torch.Tensor  # (n_test,)
+
+
 @dataclass
 class PreparedData:
     """Tensors one run trains and evaluates on; `y` holds the (possibly noisy) labels as trained.
@@ -158,7 +168,7 @@ def split_sizes(cfg: Mapping, n: int) -> tuple[int, int]:
     return (available if size is None else int(size)), n_val
 
 
-def prepare_data(data, cfg: Mapping, seed: int) -> tuple[PreparedData, dict]:
+def prepare_data(data: DataLike, cfg: Mapping, seed: int) -> tuple[PreparedData, dict]:
     """Hold out the val split, cut to train_size, add label noise to the training labels; returns (data, info).
 
     `data` has x (n, L) float, y (n,) int64, x_test, y_test (a `data.DataSplit` or anything alike).

@@ -105,7 +105,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> t
     return torch.stack([protocol.loss_fn(loss, logits, y), acc])
 
 
-def train(model: nn.Module, data, cfg: Mapping, seed: int, hook: Hook | None = None,
+def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, hook: Hook | None = None,
           progress: bool = True, device: str | torch.device | None = None) -> protocol.TrainResult:
     """Train `model` on `data` (x, y, x_test, y_test) under the `train` config; returns curves + summary.
 
