@@ -22,6 +22,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .. import records
 from ..plots import STYLE, save_figure
@@ -97,6 +98,14 @@ def _panel_title(model: str, noise: float, mode: str, n: int) -> str:
     return f"{model.upper()}, {noise_txt}, n = {n:,}"
 
 
+def _count(x: float, _pos=None) -> str:
+    """Tick label for a parameter count: 100, 1k, 10k, 1M."""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return f"{x / div:g}{suffix}"
+    return f"{x:g}"
+
+
 def figure4(results: pd.DataFrame) -> plt.Figure:
     """Test (solid) and train (dashed) error % vs parameters, one panel per setting, one colour per loss."""
     panel_keys = ["model.name", "train.label_noise", "train.label_noise_mode", "n_train"]
@@ -125,7 +134,9 @@ def figure4(results: pd.DataFrame) -> plt.Figure:
             ax.set(xscale="log", xlabel="parameters", ylabel="error (%)", ylim=(0, None),
                    title=_panel_title(model, noise, mode, int(n)))
             ax.title.set_fontsize(9)
-            ax.legend(frameon=False, fontsize=7, loc="upper right")
+            ax.xaxis.set_major_formatter(FuncFormatter(_count))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.legend(frameon=False, fontsize=7, loc="best")
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         fig.suptitle("Deep double descent on MNIST-1D (final errors; ▼ = smallest model with zero train error)",
