@@ -145,8 +145,7 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
 
     bar = tqdm(total=total, disable=not progress, desc="train", unit="step", leave=False)
     start, done, diverged = time.perf_counter(), 0, False
-    row = run_eval(0)
-    model.train()
+    run_eval(0)
     for step in range(1, total + 1):
         sel = next(rows)  # slice (sequential) or (B,) index tensor (reshuffle)
         batch_loss = protocol.loss_fn(loss_name, model(x[sel]), y[sel])  # stays on device: no sync
@@ -160,7 +159,7 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
             bar.set_postfix(test_acc=f"{row[columns.index('test_acc')]:.3f}", refresh=False)
             bar.update(step - done)  # refreshes the bar, postfix included
             done = step
-            if not math.isfinite(row[1]):  # full-train loss NaN/inf: the run has diverged
+            if not math.isfinite(row[1]):  # row[1] = full-train loss; NaN/inf: the run has diverged
                 diverged = True
                 break
     bar.close()
