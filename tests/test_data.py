@@ -181,6 +181,15 @@ def test_fast_is_deterministic_and_independent_of_threads():
     assert abs(x.mean()) < 1e-4 and abs(x.std() - 1) < 1e-4
 
 
+def test_fast_per_example_path_matches_cell_path(monkeypatch):
+    a = D.knobs({"num_samples": 20000, "generator": "fast"})
+    cells = _pooled(D.make_fast(a))[0]
+    monkeypatch.setattr("mnist1d_lab.data.fast.TABLE_LIMIT", 0)  # forces the path used for extreme knobs
+    examples = _pooled(D.make_fast(a))[0]
+    np.testing.assert_allclose(examples.std(0), cells.std(0), rtol=0.03)
+    np.testing.assert_allclose(examples.mean(0), cells.mean(0), atol=0.05)
+
+
 def test_fast_handles_odd_knobs():
     for over in (dict(padding=[0, 0], template_len=5, final_seq_length=17, max_translation=100),
                  dict(shuffle_seq=True, num_samples=37, corr_noise_scale=0.0, iid_noise_scale=0.0)):

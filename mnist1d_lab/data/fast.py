@@ -1,20 +1,25 @@
 """The fast generator: the same distribution as the exact one, with numpy's modern Generator, vectorised.
 
-For big-data studies (1,000,000 examples in a few seconds). It is NOT the original's random stream:
-examples are made in fixed-size chunks, each with its own child of SeedSequence(seed), so the output
-depends only on the knobs (not on the thread count). Per chunk everything is a table lookup or a
-small matrix product, in float32:
-    base = dilated[class, p]            (the same (class, p) table as the exact generator)
-    x = roll(base * scale, k); x[x == 0] = (corr_noise_scale * z1) @ G  (G = the Gaussian filter, 'reflect')
-    out = (x + iid_noise_scale * z2) @ S - shear * (ramp @ S)           (S = linear subsampling L -> F)
-Labels are balanced (num_samples // 10 per class) and shuffled; normalisation is the original's
-(one global mean and std over train + test). With shuffle_seq, the spatial permutation is drawn from
-default_rng([seed, 1]) (the exact generator uses the original's draw instead).
+For big-data studies (1,000,000 examples in a few seconds). It is NOT the original's random stream.
+Everything after the random (padding p, shift k) choice is linear in Gaussian noise, so an example is
+    out = scale * (signal[c, p, k] @ S) - shear * (ramp @ S) + z @ B[mask(c, p, k)],   z ~ N(0, I_F)
+where S (L, F) is the linear subsampling, and B is the square root of the output-space covariance of
+the noise: corr_noise_scale^2 (G D S)^T (G D S) + iid_noise_scale^2 S^T S, with G the Gaussian filter
+('reflect', sigma 2) as a matrix and D = diag(mask), the mask being the exact zeros of the signal
+(where the original puts correlated noise). This is the original's distribution exactly (in float32),
+but needs F normals per example instead of 2 L. Steps:
+  1. per class, multinomial counts of examples over the (p, k) cells (= i.i.d. p and k, then shuffled);
+  2. rows sorted by mask group; groups split into NUM_BLOCKS fixed blocks, each with its own child of
+     SeedSequence(seed), run on threads: the output depends on the knobs only, not on the thread count;
+  3. one shuffle of the examples, then the original's normalisation (global mean and std, train + test).
+The mask is taken before scaling (the same unless a scale factor is exactly 0). If the (class, p, k)
+table would be huge (extreme knobs), a per-example path in fixed chunks is used instead.
+With shuffle_seq, the spatial permutation is drawn from default_rng([seed, 1]) (the exact generator
+uses the original's draw instead).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,92 +29,133 @@ from scipy.ndimage import gaussian_filter1d
 
 from .exact import CORR_SIGMA, dilated_table, get_templates, interp_rows, roll_rows
 
-CHUNK = 1 << 15       # examples per chunk (and per child seed): part of the generator's definition
-EIG_CUTOFF = 1e-8     # corr noise: keep covariance components above this fraction of the largest
-TABLE_LIMIT = 1 << 25  # floats: above this the (class, p, shift) table is not precomputed
+NUM_BLOCKS = 16        # blocks of mask groups (one child seed each): part of the generator's definition
+CHUNK = 1 << 15        # per-example path: examples per chunk (one child seed each)
+TABLE_LIMIT = 1 << 25  # floats: above this the (class, p, k) table is not built (per-example path)
 
 
-@functools.lru_cache(maxsize=8)
-def _noise_maps(length: int, final: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Factors A (r, L), B (F, F) with z @ A ~ filtered white noise, z @ B ~ (white noise) @ S; and S (L, F)."""
-    g = gaussian_filter1d(np.eye(length), CORR_SIGMA, axis=1)  # row i = filter of e_i: filter(v) = v @ g
-    w, v = np.linalg.eigh(g.T @ g)
-    keep = w > EIG_CUTOFF * w.max()  # the filter kills high frequencies: ~49 of 72 components remain
-    a = np.sqrt(w[keep])[:, None] * v[:, keep].T
-    s = interp_rows(np.eye(length), final)  # linear subsampling as a matrix: subsample(v) = v @ s
-    w2, v2 = np.linalg.eigh(s.T @ s)
-    b = (v2 * np.sqrt(np.clip(w2, 0, None))) @ v2.T  # symmetric square root of the covariance
-    return a.astype(np.float32), b.astype(np.float32), s.astype(np.float32)
+def _sqrtm(cov: np.ndarray) -> np.ndarray:
+    """B with B^T B = cov for a batch of PSD matrices (z @ B then has covariance cov)."""
+    try:  # Cholesky: cov = L L^T, so B = L^T (batched LAPACK, fast)
+        return np.swapaxes(np.linalg.cholesky(cov), -1, -2)
+    except np.linalg.LinAlgError:  # singular (e.g. zero iid noise): symmetric square root instead
+        w, v = np.linalg.eigh(cov)
+        return (v * np.sqrt(np.clip(w, 0, None))[..., None, :]) @ np.swapaxes(v, -1, -2)
 
 
-def _shifted_rows(table: np.ndarray, max_translation: int) -> tuple[np.ndarray, int]:
-    """(10 * P * K, L) rows: every (class, p, shift) signal, and K; shifts >= L leave it in place (quirk)."""
+def _shift_probs(max_translation: int, length: int) -> np.ndarray:
+    """P(effective shift = k), k < min(max_translation, L): shifts >= L act as 0 (the original's quirk)."""
+    probs = np.full(min(max_translation, length), 1 / max_translation)
+    probs[0] += (max_translation - len(probs)) / max_translation
+    return probs
+
+
+def _by_cells(a: dict, table: np.ndarray, per_class: int, root: np.random.SeedSequence,
+              workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x (n, F) float32, y (n,)) in mask-group order, via the (class, p, k) cells."""
     n_cls, n_pad, length = table.shape
-    k = min(max_translation, length)
-    rows = np.repeat(table.reshape(-1, length), k, axis=0)
-    return roll_rows(rows, np.tile(np.arange(k), n_cls * n_pad)), k
+    probs_k = _shift_probs(a["max_translation"], length)
+    n_k = len(probs_k)
+    rows = roll_rows(np.repeat(table.reshape(-1, length), n_k, axis=0),
+                     np.tile(np.arange(n_k), n_cls * n_pad))  # (C*P*K, L), cell order (c, p, k)
+    sub = interp_rows(np.eye(length), a["final_seq_length"])  # subsample(v) = v @ sub
+    signal = (rows @ sub).astype(np.float32)
+    ramp = (np.linspace(-0.5, 0.5, length) @ sub).astype(np.float32)
+    masks, group = np.unique(rows == 0, axis=0, return_inverse=True)
+    group = group.ravel()
+    filt = gaussian_filter1d(np.eye(length), CORR_SIGMA, axis=1)  # filter(v) = v @ filt
+    # (G, L, F): white noise -> filtered, masked, subsampled (one BLAS call for all groups)
+    a_m = ((filt[None] * masks[:, None, :]).reshape(-1, length) @ sub).reshape(len(masks), length, -1)
+    cov = (a["corr_noise_scale"] ** 2 * np.einsum("gij,gik->gjk", a_m, a_m)
+           + a["iid_noise_scale"] ** 2 * (sub.T @ sub)[None])
+    root_b = _sqrtm(cov).astype(np.float32)
+
+    count_seed, *block_seeds = root.spawn(1 + NUM_BLOCKS)
+    cell_p = np.outer(np.full(n_pad, 1 / n_pad), probs_k).ravel()
+    counts = np.random.default_rng(count_seed).multinomial(per_class, cell_p, size=n_cls).ravel()
+    order = np.argsort(group, kind="stable")
+    idx = np.repeat(order, counts[order])  # example -> cell, sorted by mask group
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(group, weights=counts, minlength=len(masks)))]).astype(int)
+    x = np.empty((len(idx), a["final_seq_length"]), dtype=np.float32)
+    blocks = np.array_split(np.arange(len(masks)), NUM_BLOCKS)
+
+    def work(b: int) -> None:
+        gs = blocks[b]
+        if len(gs) == 0:
+            return
+        lo, hi = offsets[gs[0]], offsets[gs[-1] + 1]
+        rng = np.random.default_rng(block_seeds[b])
+        scale = 1 + np.float32(a["scale_coeff"]) * (rng.random(hi - lo, dtype=np.float32) - np.float32(0.5))
+        shear = np.float32(a["shear_scale"]) * (rng.random(hi - lo, dtype=np.float32) - np.float32(0.5))
+        z = rng.standard_normal((hi - lo, x.shape[1]), dtype=np.float32)
+        out = signal[idx[lo:hi]]
+        out *= scale[:, None]
+        out -= shear[:, None] * ramp
+        for g in gs:
+            s0, s1 = offsets[g] - lo, offsets[g + 1] - lo
+            out[s0:s1] += z[s0:s1] @ root_b[g]
+        x[lo:hi] = out
+
+    with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in the heavy parts
+        list(pool.map(work, range(NUM_BLOCKS)))
+    return x, idx // (n_pad * n_k)
 
 
-def _chunk(seed_seq: np.random.SeedSequence, cls: np.ndarray, a: dict, table: np.ndarray,
-           shifted: np.ndarray | None, n_shift: int, maps: tuple) -> np.ndarray:
-    """(n, F) float32 examples of the given classes."""
-    rng = np.random.default_rng(seed_seq)
-    (n_cls, n_pad, length), n = table.shape, len(cls)
-    corr_map, iid_map, sub = maps
-    p_idx = rng.integers(0, n_pad, n)
-    scale = 1 + np.float32(a["scale_coeff"]) * (rng.random(n, dtype=np.float32) - np.float32(0.5))
-    k = rng.integers(0, a["max_translation"], n)
-    k = np.where(k < length, k, 0)  # the original's quirk: shifts >= L leave the signal in place
-    shear = np.float32(a["shear_scale"]) * (rng.random(n, dtype=np.float32) - np.float32(0.5))
-    if shifted is not None:
-        x = shifted[(cls * n_pad + p_idx) * n_shift + k]  # (n, L)
-    else:
-        x = roll_rows(table.reshape(n_cls * n_pad, length)[cls * n_pad + p_idx], k)
-    x *= scale[:, None]
-    # correlated noise replaces the exact zeros (the padding), as in the original
-    corr = rng.standard_normal((n, len(corr_map)), dtype=np.float32) @ (np.float32(a["corr_noise_scale"]) * corr_map)
-    corr *= x == 0
-    x += corr
-    out = x @ sub
-    out += rng.standard_normal((n, len(iid_map)), dtype=np.float32) @ (np.float32(a["iid_noise_scale"]) * iid_map)
-    out -= shear[:, None] * (np.linspace(-0.5, 0.5, length, dtype=np.float32) @ sub)
-    return out
+def _by_examples(a: dict, table: np.ndarray, per_class: int, root: np.random.SeedSequence,
+                 workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) in class order, example by example in chunks (for knobs with huge cell tables)."""
+    n_cls, n_pad, length = table.shape
+    n, final = per_class * n_cls, a["final_seq_length"]
+    sub = interp_rows(np.eye(length), final).astype(np.float32)
+    filt = gaussian_filter1d(np.eye(length), CORR_SIGMA, axis=1).astype(np.float32)
+    ramp = np.linspace(-0.5, 0.5, length, dtype=np.float32) @ sub
+    cls = np.repeat(np.arange(n_cls), per_class)
+    x = np.empty((n, final), dtype=np.float32)
+    seeds = root.spawn(-(-n // CHUNK))
+
+    def work(i: int) -> None:
+        rng, sl = np.random.default_rng(seeds[i]), slice(i * CHUNK, min(n, (i + 1) * CHUNK))
+        m = len(cls[sl])
+        p = rng.integers(0, n_pad, m)
+        k = rng.integers(0, a["max_translation"], m)
+        v = roll_rows(table.reshape(-1, length)[cls[sl] * n_pad + p], k).astype(np.float32)
+        v *= 1 + np.float32(a["scale_coeff"]) * (rng.random((m, 1), dtype=np.float32) - np.float32(0.5))
+        z = rng.standard_normal((2, m, length), dtype=np.float32)
+        corr = (np.float32(a["corr_noise_scale"]) * z[0]) @ filt
+        v = np.where(v != 0, v, corr) + np.float32(a["iid_noise_scale"]) * z[1]
+        shear = np.float32(a["shear_scale"]) * (rng.random((m, 1), dtype=np.float32) - np.float32(0.5))
+        x[sl] = v @ sub - shear * ramp
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, range(len(seeds))))
+    return x, cls
 
 
 def make_fast(a: dict[str, Any], workers: int | None = None) -> dict[str, Any]:
     """The fast dataset for the knob dict `a` (original key names; x float32)."""
     templates = get_templates()
-    low, high = a["padding"]
-    length, final = a["template_len"] + high, a["final_seq_length"]
+    length, final = a["template_len"] + a["padding"][1], a["final_seq_length"]
     per_class = a["num_samples"] // 10
-    n = per_class * 10
-    table = dilated_table(templates["x"], a["padding"], length).astype(np.float32)
-    maps = _noise_maps(length, final)
-    big = table.size * min(a["max_translation"], length) > TABLE_LIMIT
-    shifted, n_shift = (None, 0) if big else _shifted_rows(table, a["max_translation"])
+    table = dilated_table(templates["x"], a["padding"], length)
+    workers = workers or min(2, os.cpu_count() or 1)
+    shuffle_seed, root = np.random.SeedSequence(a["seed"]).spawn(2)
+    if table.size * min(a["max_translation"], length) <= TABLE_LIMIT:
+        x, y = _by_cells(a, table, per_class, root, workers)
+    else:
+        x, y = _by_examples(a, table, per_class, root, workers)
 
-    root = np.random.SeedSequence(a["seed"])
-    shuffle_seed, *chunk_seeds = root.spawn(1 + -(-n // CHUNK))
-    cls = np.repeat(np.arange(10), per_class)
-    x = np.empty((n, final), dtype=np.float32)
-
-    def work(i: int) -> None:
-        sl = slice(i * CHUNK, min(n, (i + 1) * CHUNK))
-        x[sl] = _chunk(chunk_seeds[i], cls[sl], a, table, shifted, n_shift, maps)
-
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in the heavy parts
-        list(pool.map(work, range(len(chunk_seeds))))
-
-    perm = np.random.default_rng(shuffle_seed).permutation(n)
-    xs, ys = x[perm], cls[perm]
+    perm = np.random.default_rng(shuffle_seed).permutation(len(y))
+    xs, ys = x[perm], y[perm]
     if a["shuffle_seq"]:
         xs = xs[:, np.random.default_rng([a["seed"], 1]).permutation(final)]
-    mean, std = xs.mean(dtype=np.float64), xs.std(dtype=np.float64)
+    # global mean and (population) std, accumulated per row in float32 and across rows in float64
+    size = xs.size
+    mean = xs.sum(1).sum(dtype=np.float64) / size
+    std = np.sqrt(max(np.einsum("ij,ij->i", xs, xs).sum(dtype=np.float64) / size - mean**2, 0.0))
     xs -= np.float32(mean)
     xs /= np.float32(std)
     t = np.interp(np.linspace(0, 1, final), np.linspace(0, 1, length),
                   np.interp(np.linspace(0, 1, length), np.linspace(0, 1, len(templates["t"])), templates["t"]))
-    split = int(n * a["train_split"])
+    split = int(len(ys) * a["train_split"])
     return {"x": xs[:split], "x_test": xs[split:], "y": ys[:split], "y_test": ys[split:],
             "t": t / std, "templates": templates}
