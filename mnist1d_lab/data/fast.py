@@ -20,7 +20,10 @@ uses the original's draw instead).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,6 +35,37 @@ from .exact import CORR_SIGMA, dilated_table, get_templates, interp_rows, roll_r
 NUM_BLOCKS = 16        # blocks of mask groups (one child seed each): part of the generator's definition
 CHUNK = 1 << 15        # per-example path: examples per chunk (one child seed each)
 TABLE_LIMIT = 1 << 25  # floats: above this the (class, p, k) table is not built (per-example path)
+
+
+def _openblas_libs() -> list[ctypes.CDLL]:
+    """The OpenBLAS libraries loaded in this process (Linux), for setting their thread count."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and ".so" in line}
+        return [ctypes.CDLL(p) for p in sorted(paths) if os.path.isfile(p)]
+    except OSError:
+        return []
+
+
+@contextlib.contextmanager
+def single_blas_thread() -> Iterator[None]:
+    """Run BLAS single-threaded inside (restored after): our own threads already use the cores, and
+    OpenBLAS's threads on these small matrices only spin against them (3x slower on a busy 2-core box)."""
+    undo = []
+    for lib in _openblas_libs():
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                old = get()
+                put(1)
+                undo.append((put, old))
+                break
+    try:
+        yield
+    finally:
+        for put, old in undo:
+            put(old)
 
 
 def _sqrtm(cov: np.ndarray) -> np.ndarray:
@@ -50,9 +84,17 @@ def _shift_probs(max_translation: int, length: int) -> np.ndarray:
     return probs
 
 
+def _group_ids(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique rows of a bool matrix and each row's index among them (np.unique(axis=0) is slow)."""
+    ids: dict[bytes, int] = {}
+    group = np.array([ids.setdefault(row.tobytes(), len(ids)) for row in np.packbits(masks, axis=1)])
+    first = np.unique(group, return_index=True)[1]
+    return masks[first], group
+
+
 def _by_cells(a: dict, table: np.ndarray, per_class: int, root: np.random.SeedSequence,
-              workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x (n, F) float32, y (n,)) in mask-group order, via the (class, p, k) cells."""
+              workers: int, perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x (n, F) float32, y (n,)) via the (class, p, k) cells; the i-th made example goes to row perm[i]."""
     n_cls, n_pad, length = table.shape
     probs_k = _shift_probs(a["max_translation"], length)
     n_k = len(probs_k)
@@ -61,8 +103,7 @@ def _by_cells(a: dict, table: np.ndarray, per_class: int, root: np.random.SeedSe
     sub = interp_rows(np.eye(length), a["final_seq_length"])  # subsample(v) = v @ sub
     signal = (rows @ sub).astype(np.float32)
     ramp = (np.linspace(-0.5, 0.5, length) @ sub).astype(np.float32)
-    masks, group = np.unique(rows == 0, axis=0, return_inverse=True)
-    group = group.ravel()
+    masks, group = _group_ids(rows == 0)
     filt = gaussian_filter1d(np.eye(length), CORR_SIGMA, axis=1)  # filter(v) = v @ filt
     # (G, L, F): white noise -> filtered, masked, subsampled (one BLAS call for all groups)
     a_m = ((filt[None] * masks[:, None, :]).reshape(-1, length) @ sub).reshape(len(masks), length, -1)
@@ -77,6 +118,7 @@ def _by_cells(a: dict, table: np.ndarray, per_class: int, root: np.random.SeedSe
     idx = np.repeat(order, counts[order])  # example -> cell, sorted by mask group
     offsets = np.concatenate([[0], np.cumsum(np.bincount(group, weights=counts, minlength=len(masks)))]).astype(int)
     x = np.empty((len(idx), a["final_seq_length"]), dtype=np.float32)
+    y = np.empty(len(idx), dtype=np.int64)
     blocks = np.array_split(np.arange(len(masks)), NUM_BLOCKS)
 
     def work(b: int) -> None:
@@ -94,11 +136,12 @@ def _by_cells(a: dict, table: np.ndarray, per_class: int, root: np.random.SeedSe
         for g in gs:
             s0, s1 = offsets[g] - lo, offsets[g + 1] - lo
             out[s0:s1] += z[s0:s1] @ root_b[g]
-        x[lo:hi] = out
+        x[perm[lo:hi]] = out  # scatter into the shuffled order (done here, in parallel)
+        y[perm[lo:hi]] = idx[lo:hi] // (n_pad * n_k)
 
-    with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in the heavy parts
+    with single_blas_thread(), ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in the heavy parts
         list(pool.map(work, range(NUM_BLOCKS)))
-    return x, idx // (n_pad * n_k)
+    return x, y
 
 
 def _by_examples(a: dict, table: np.ndarray, per_class: int, root: np.random.SeedSequence,
@@ -126,7 +169,7 @@ def _by_examples(a: dict, table: np.ndarray, per_class: int, root: np.random.See
         shear = np.float32(a["shear_scale"]) * (rng.random((m, 1), dtype=np.float32) - np.float32(0.5))
         x[sl] = v @ sub - shear * ramp
 
-    with ThreadPoolExecutor(workers) as pool:
+    with single_blas_thread(), ThreadPoolExecutor(workers) as pool:
         list(pool.map(work, range(len(seeds))))
     return x, cls
 
@@ -139,13 +182,12 @@ def make_fast(a: dict[str, Any], workers: int | None = None) -> dict[str, Any]:
     table = dilated_table(templates["x"], a["padding"], length)
     workers = workers or min(2, os.cpu_count() or 1)
     shuffle_seed, root = np.random.SeedSequence(a["seed"]).spawn(2)
+    perm = np.random.default_rng(shuffle_seed).permutation(per_class * 10)
     if table.size * min(a["max_translation"], length) <= TABLE_LIMIT:
-        x, y = _by_cells(a, table, per_class, root, workers)
+        xs, ys = _by_cells(a, table, per_class, root, workers, perm)
     else:
         x, y = _by_examples(a, table, per_class, root, workers)
-
-    perm = np.random.default_rng(shuffle_seed).permutation(len(y))
-    xs, ys = x[perm], y[perm]
+        xs, ys = x[perm], y[perm]
     if a["shuffle_seq"]:
         xs = xs[:, np.random.default_rng([a["seed"], 1]).permutation(final)]
     # global mean and (population) std, accumulated per row in float32 and across rows in float64
