@@ -80,8 +80,8 @@ def plot_dataset_construction(out_dir: str | os.PathLike, seed: int = 0, name: s
                 n = len(s[~np.isnan(s)]) if r != 1 else "12+p"
                 ax.set_ylabel(f"{step}\n({n} pts)", fontsize=9.5, rotation=0, ha="right", va="center",
                               labelpad=8)
-    fig.suptitle("Constructing MNIST-1D: each row applies one more transformation", fontsize=13, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.985), h_pad=0.6, w_pad=0.3)
+    fig.suptitle("Constructing MNIST-1D: each row applies one more transformation", fontsize=13, y=0.992)
+    fig.subplots_adjust(left=0.14, right=0.995, bottom=0.008, top=0.945, wspace=0.06, hspace=0.1)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     fig.savefig(paths[0], dpi=dpi)
     fig.savefig(paths[1])

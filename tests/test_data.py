@@ -95,7 +95,7 @@ KNOB_SETS = [  # together they move every knob
     dict(num_samples=300, padding=[60, 60], max_translation=1, seed=3),
     dict(num_samples=300, corr_noise_scale=0.0, iid_noise_scale=0.0, shear_scale=0.0, scale_coeff=0.0),
     dict(num_samples=310, padding=[10, 20], max_translation=100, seed=7),  # shifts >= L: the original's quirk
-    dict(num_samples=1234, train_split=0.5, scale_coeff=1.5, shear_scale=2.0, seed=123456),
+    dict(num_samples=1003, train_split=0.5, scale_coeff=1.5, shear_scale=2.0, seed=123456),
     dict(num_samples=200, template_len=30, final_seq_length=100, corr_noise_scale=1.0, iid_noise_scale=0.5),
     dict(num_samples=250, seed=0, train_split=0.95, padding=[1, 80], final_seq_length=2, shuffle_seq=True),
     dict(num_samples=10, template_len=1, padding=[1, 1], max_translation=2, train_split=0.3),
