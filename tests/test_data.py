@@ -300,6 +300,15 @@ def test_impossible_knobs_fail_before_any_work(monkeypatch, key, value):
     assert e.value.key == f"data.{key}" and "\n" not in str(e.value)
 
 
+def test_dropin_validates_and_accepts_numpy_scalars():
+    with pytest.raises(ConfigError, match=r"^data\.num_samples="):
+        D.make_dataset({"num_samples": 0})
+    args = D.get_dataset_args()
+    args.extra_attribute = "ignored"  # the original ignores unknown attributes: so does the drop-in
+    args.num_samples, args.padding = np.int64(100), [np.int64(30), np.int64(40)]
+    assert len(D.make_dataset(args)["x"]) == 80 and D.cache_key(vars(args))
+
+
 def test_error_message_and_frozen_path(tmp_path):
     with pytest.raises(ConfigError, match=r"^data\.padding=\[60, 36\]: "):
         D.validate({"padding": [60, 36]})

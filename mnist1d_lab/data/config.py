@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError
 
 # The paper's defaults (= original get_dataset_args()) plus the lab's own keys; mirrors conf/data/mnist1d.yaml.
@@ -56,10 +58,17 @@ def knobs(cfg: Mapping | Any | None) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
     out = knobs(None)
-    out.update({k: v for k, v in cfg.items() if k != "url"})  # `url` is the original's download address: unused
+    out.update({k: _plain(v) for k, v in cfg.items() if k != "url"})  # `url`: the original's download address
     if isinstance(out["padding"], tuple):
         out["padding"] = list(out["padding"])
     return out
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars (e.g. from a sweep grid) -> Python scalars; lists element-wise."""
+    if isinstance(v, (list, tuple)):
+        return type(v)(_plain(x) for x in v)
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _is_int(v: object) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from .config import DEFAULTS, knobs
+from .config import DEFAULTS, knobs, validate
 
 EPS = 1e-8        # added to the templates so that their zero end points count as signal, as in the original
 CORR_SIGMA = 2.0  # std (in samples) of the Gaussian filter that correlates the noise
@@ -139,6 +139,7 @@ def roll_rows(x: np.ndarray, k: np.ndarray) -> np.ndarray:
 def make_dataset(args: Mapping | Any | None = None, template: dict | None = None) -> dict[str, Any]:
     """Drop-in for mnist1d.data.make_dataset: same arguments, same keys, no global RNG state touched."""
     a = knobs(args)
+    validate({k: v for k, v in a.items() if k in DEFAULTS})  # extra attributes are ignored, as by the original
     templates = get_templates() if template is None else template
     low, high = a["padding"]
     length = a["template_len"] + high  # samples after dilation (72 by default)
