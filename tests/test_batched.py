@@ -1,0 +1,143 @@
+"""Batched training (batched.py) against the one-at-a-time loop (train.train): same records, same weights.
+
+Exactness is checked in float64 (batched and single sum in different orders, and float32 Adam
+trajectories drift apart chaotically after ~100 steps); float32 is compared as accuracies.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from mnist1d_lab import batched, models, train
+from mnist1d_lab.errors import ConfigError
+
+
+def _double(d) -> SimpleNamespace:
+    return SimpleNamespace(x=d.x.double(), y=d.y, x_test=d.x_test.double(), y_test=d.y_test)
+
+
+def _member_cfgs(name: str, widths: list[int], **extra) -> list[dict]:
+    key = {"mlp": "width", "cnn": "channels"}.get(name)
+    return [{"name": name, **extra, **({key: w} if key else {})} for w in widths]
+
+
+def _compare(cfgs, seeds, data, cfg, rtol=1e-4):
+    """Batched vs single runs: curves within rtol, same summary keys, same final weights."""
+    results = batched.train_batched(cfgs, seeds, data, cfg, progress=False)
+    for c, s, rb in zip(cfgs, seeds, results, strict=True):
+        model = models.build_model(c, s, data.x.shape[1]).to(data.x.dtype)
+        r1 = train.train(model, data, cfg, s, progress=False)
+        assert list(rb.curves.columns) == list(r1.curves.columns)
+        np.testing.assert_array_equal(rb.curves["step"], r1.curves["step"])
+        np.testing.assert_allclose(rb.curves.to_numpy(float), r1.curves.to_numpy(float), rtol=rtol, atol=1e-12)
+        assert set(rb.summary) == set(r1.summary)
+        assert rb.summary["num_params"] == r1.summary["num_params"]
+        assert rb.summary["label_noise_changed_fraction"] == r1.summary["label_noise_changed_fraction"]
+        for p, q in zip(rb.model.parameters(), r1.model.parameters(), strict=True):
+            assert p.shape == q.shape
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)
+    return results
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("order", ["sequential", "reshuffle"])
+@pytest.mark.parametrize("name,widths,extra", [
+    ("logistic", [0, 0], {}),
+    ("mlp", [12, 5, 9], {}),  # residual, padded to 12
+    ("mlp", [6, 11], {"residual": False, "depth": 3, "activation": "tanh"}),
+    ("cnn", [4, 7], {}),
+])
+def test_batched_equals_single_float64(random_data, name, widths, extra, order, optimizer):
+    cfg = {"steps": 100, "eval_every": 10, "batch_size": 50, "batch_order": order, "optimizer": optimizer,
+           "lr": 0.01 if optimizer == "adam" else 0.05, "weight_decay": 1e-3, "label_noise": 0.2}
+    cfgs = _member_cfgs(name, widths, **extra)
+    _compare(cfgs, list(range(3, 3 + len(cfgs))), _double(random_data), cfg)
+
+
+def test_val_split_gives_each_member_its_own_rows(random_data):
+    # the val hold-out depends on the seed, so members train on different rows: the (K, n, L) path
+    cfg = {"steps": 60, "eval_every": 20, "batch_size": 50, "val_split": 0.2, "train_size": 400}
+    for order in ("sequential", "reshuffle"):
+        res = _compare(_member_cfgs("mlp", [8, 8]), [0, 1], _double(random_data), {**cfg, "batch_order": order})
+        assert "val_acc" in res[0].curves and "val_selected_test_acc" in res[0].summary
+
+
+def test_padded_entries_stay_exactly_zero(random_data):
+    stacks = []
+    cfg = {"steps": 50, "eval_every": 50, "weight_decay": 0.1, "batch_size": 50}
+    batched.train_batched(_member_cfgs("mlp", [3, 17, 8]), [0, 1, 2], random_data, cfg, progress=False,
+                          hook=lambda step, model, opt: stacks.append((model, opt)) if step == 50 else None)
+    model, opt = stacks[0]
+    masks = model.padding_masks()
+    assert sum(int((m == 0).sum()) for m in masks.values()) > 0
+    for name, p in model.named_parameters():
+        pad = masks[name] == 0
+        assert torch.all(p.detach()[pad] == 0), name
+        for state in opt.state[p].values():
+            if torch.is_tensor(state) and state.shape == p.shape:
+                assert torch.all(state[pad] == 0), name
+
+
+def test_float32_accuracy_close(small_data):
+    cfg = {"steps": 300, "eval_every": 300}
+    cfgs, seeds = _member_cfgs("mlp", [100] * 3), [0, 1, 2]
+    rb = batched.train_batched(cfgs, seeds, small_data, cfg, progress=False)
+    r1 = [train.train(models.build_model(c, s), small_data, cfg, s, progress=False) for c, s in zip(cfgs, seeds)]
+    acc_b = np.mean([r.summary["final_test_acc"] for r in rb])
+    acc_1 = np.mean([r.summary["final_test_acc"] for r in r1])
+    assert acc_1 > 0.3 and abs(acc_b - acc_1) < 0.06
+
+
+def test_diverged_member_does_not_poison_others(random_data):
+    cfg = {"steps": 30, "eval_every": 10, "batch_size": 50}
+    cfgs, seeds = _member_cfgs("mlp", [10, 10, 6]), [0, 1, 2]
+
+    def poison(step, model, opt):
+        if step == 5:
+            with torch.no_grad():
+                model.w0[:, 1] = float("nan")  # member 1 only
+
+    clean = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False)
+    hit = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False, hook=poison)
+    assert hit[1].summary["diverged"] and list(hit[1].curves["step"]) == [0, 10]
+    for k in (0, 2):
+        assert not hit[k].summary["diverged"]
+        np.testing.assert_array_equal(hit[k].curves.to_numpy(), clean[k].curves.to_numpy())
+
+
+def test_can_batch_rules():
+    cfg = {"steps": 10}
+    assert batched.can_batch(_member_cfgs("mlp", [10, 20]), cfg) == (True, "")
+    assert batched.can_batch(_member_cfgs("cnn", [4, 25]), cfg)[0]
+    assert not batched.can_batch([{"name": "mlp"}, {"name": "logistic"}], cfg)[0]
+    assert not batched.can_batch([{"name": "mlp", "depth": 2}, {"name": "mlp", "depth": 3}], cfg)[0]
+    assert not batched.can_batch([{"name": "gru"}] * 2, cfg)[0]
+    assert not batched.can_batch(_member_cfgs("mlp", [10, 10]), {"grad_clip": 1.0})[0]
+    with pytest.raises(ConfigError):
+        batched.train_batched([{"name": "mlp"}, {"name": "logistic"}], [0, 1], None, cfg)
+
+
+def test_plan_groups_respects_budget():
+    cfgs = _member_cfgs("mlp", [1 + (7 * i) % 300 for i in range(64)])
+    budget = 40.0
+    groups = batched.plan_groups(cfgs, 4000, budget)
+    assert sorted(i for g in groups for i in g) == list(range(64))
+    assert len(groups) > 1
+    for g in groups:
+        assert len(g) == 1 or batched.estimate_memory_mb([cfgs[i] for i in g], 4000) <= budget
+    widths = [[cfgs[i]["width"] for i in g] for g in groups]
+    assert all(max(a) <= min(b) for a, b in zip(widths, widths[1:]))  # small widths batch together
+    assert batched.plan_groups(cfgs, 4000, 1e9) == [sorted(range(64), key=lambda i: cfgs[i]["width"])]
+
+
+def test_memory_budget_splits_but_keeps_results(random_data):
+    cfg = {"steps": 20, "eval_every": 10, "batch_size": 50}
+    cfgs, seeds = _member_cfgs("mlp", [4, 30, 8]), [0, 1, 2]
+    whole = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False)
+    tiny = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False, memory_budget_mb=1e-3)
+    for a, b in zip(whole, tiny, strict=True):
+        np.testing.assert_allclose(a.curves.to_numpy(float), b.curves.to_numpy(float), rtol=1e-10)
