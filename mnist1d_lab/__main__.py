@@ -24,6 +24,22 @@ CONFIG_PACKAGE = "mnist1d_lab.conf"
 GROUPS = ("data", "model", "train", "experiment", "sweep")
 
 
+def register_plugins() -> None:
+    """Register our launcher and sweeper with Hydra explicitly.
+
+    Hydra finds plugins by walking the `hydra_plugins` namespace with pkgutil, which cannot see into an
+    editable install (setuptools' path hook); importing the modules registers their configs, and
+    `Plugins.register` their classes, wherever the package lives.
+    """
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.mnist1d_lab_launcher.batched_launcher import BatchedLauncher
+    from hydra_plugins.mnist1d_lab_launcher.grids_sweeper import GridsSweeper
+
+    for plugin in (BatchedLauncher, GridsSweeper):
+        Plugins.instance().register(plugin)
+
+
 def _options(group: str) -> list[str]:
     folder = resources.files(CONFIG_PACKAGE) / group
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
@@ -83,6 +99,7 @@ def cli() -> None:
     except ConfigError as exc:
         print(f"mnist1d_lab: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    register_plugins()
     main()
 
 

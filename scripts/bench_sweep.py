@@ -1,0 +1,87 @@
+"""Sweep benchmarks: the lab's per-run overhead in a multirun, and joblib vs the basic launcher.
+
+    python scripts/bench_sweep.py            # ~3 min on 2 cores
+    python scripts/bench_sweep.py --quick
+
+1. Overhead (basic launcher, 1 training step per run): sweeps of N1 and N2 runs are timed end to end;
+   (T(N2) - T(N1)) / (N2 - N1) is the cost of one more run with process start-up removed, and the
+   runs' own training time (their wall_time_s) is subtracted. Then the same sweeps again, where every
+   run is already in the store: the cost of one more skipped run. Hydra's own per-job work (composing
+   the job config, its .hydra files and logging) is included: it is what a user waits for.
+2. Parallel: an 8-run CPU-bound sweep under the basic launcher vs hydra/launcher=joblib with 2 workers
+   (each worker then defaults to cores / 2 torch threads). Prints the speedup.
+Last line: `sweep overhead: <s>/run, skip: <s>/run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def sweep(tmp: Path, args: list[str]) -> float:
+    """Wall seconds of `python -m mnist1d_lab -m args` with outputs and cache in tmp."""
+    env = {**os.environ, "MNIST1D_LAB_OUTPUTS": str(tmp / "outputs"), "MNIST1D_LAB_CACHE": str(tmp / "cache")}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mnist1d_lab", "-m", *args], cwd=tmp, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def train_time(tmp: Path, first_seed: int, n: int) -> float:
+    """Sum of the runs' own wall_time_s (data load + training) for seeds first_seed..first_seed+n-1."""
+    total = 0.0
+    for p in (tmp / "outputs" / "store").glob("*/summary.json"):
+        s = json.loads(p.read_text())
+        total += s["wall_time_s"] if first_seed <= s.get("seed", -1) < first_seed + n else 0.0
+    return total
+
+
+def overhead(n1: int, n2: int) -> tuple[float, float]:
+    """(seconds per extra run excluding training, seconds per extra skipped run)."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        base = ["model=logistic", "train.steps=1", "train.eval_every=1", "progress=false", "num_threads=1"]
+        sweep(tmp, ["seed=1000", *base])  # warm the dataset cache
+        t1 = sweep(tmp, [f"seed=range(0,{n1})", *base])
+        t2 = sweep(tmp, [f"seed=range(100,{100 + n2})", *base])
+        per_run = (t2 - t1 - train_time(tmp, 100, n2) + train_time(tmp, 0, n1)) / (n2 - n1)
+        s1 = sweep(tmp, [f"seed=range(0,{n1})", *base])
+        s2 = sweep(tmp, [f"seed=range(100,{100 + n2})", *base])
+        print(f"overhead: {n1} runs {t1:.2f} s, {n2} runs {t2:.2f} s; all skipped: {s1:.2f} s, {s2:.2f} s")
+        return per_run, (s2 - s1) / (n2 - n1)
+
+
+def parallel(steps: int) -> float:
+    """Speedup of joblib (2 workers) over the basic launcher on an 8-run CPU-bound sweep."""
+    args = ["model=cnn", "seed=range(0,8)", f"train.steps={steps}", "train.eval_every=500", "progress=false"]
+    times = {}
+    for name, extra in (("basic", []), ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
+        with tempfile.TemporaryDirectory() as d:
+            sweep(Path(d), ["seed=1000", "model=logistic", "train.steps=1", "progress=false"])  # warm cache
+            times[name] = sweep(Path(d), [*args, *extra])
+        print(f"8 CNN runs x {steps} steps, {name}: {times[name]:.1f} s")
+    ratio = times["basic"] / times["joblib"]
+    print(f"joblib (2 workers) speedup over basic: {ratio:.2f}x")
+    return ratio
+
+
+def main() -> None:
+    """Run both benchmarks and print the summary line last."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sweeps")
+    args = ap.parse_args()
+    n1, n2, steps = (5, 15, 500) if args.quick else (5, 25, 1500)
+    parallel(steps)
+    per_run, per_skip = overhead(n1, n2)
+    print(f"sweep overhead: {per_run:.3f}/run, skip: {per_skip:.3f}/run")
+
+
+if __name__ == "__main__":
+    main()

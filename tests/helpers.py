@@ -1,0 +1,38 @@
+"""Helpers for tests that drive the real entry point in a subprocess, inside a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TINY = ["data.num_samples=500", "train.steps=20", "train.eval_every=10", "progress=false", "num_threads=1"]
+
+
+def lab_env(tmp: Path) -> dict:
+    """Environment with outputs and the dataset cache inside tmp."""
+    return {**os.environ, "MNIST1D_LAB_OUTPUTS": str(tmp / "outputs"), "MNIST1D_LAB_CACHE": str(tmp / "cache"),
+            "HYDRA_FULL_ERROR": "0"}
+
+
+def run_lab(tmp: Path, *args: str, module: str = "mnist1d_lab", timeout: int = 300, cwd: Path | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m <module> args...` from a neutral working folder; asserts success when check."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or tmp, env=lab_env(tmp),
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def summaries(root: Path) -> list[dict]:
+    """Every summary.json below root, parsed."""
+    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("summary.json"))]
+
+
+def sweep_dirs(tmp: Path) -> list[Path]:
+    """The multirun folders created under tmp/outputs."""
+    base = tmp / "outputs" / "multirun"
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []

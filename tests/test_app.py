@@ -1,0 +1,148 @@
+"""The Hydra app end to end: configs compose, every model runs through the real entry point, records,
+determinism, skip/force, bad input (one line, exit 2, nothing left behind), collect and plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import TINY, run_lab, summaries, sweep_dirs
+from hydra import compose, initialize_config_module
+
+from mnist1d_lab import records, runner
+from mnist1d_lab.__main__ import register_plugins
+
+MODELS = ["logistic", "mlp", "cnn", "gru"]
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+def compose_cfg(*overrides: str):
+    register_plugins()  # our launcher and sweeper configs, as the entry point does
+    with initialize_config_module(config_module="mnist1d_lab.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_models_compose(model):
+    cfg = compose_cfg(f"model={model}")
+    assert cfg.model.name == model and cfg.train.steps == 6000 and cfg.train.lr == 0.01
+    runner.validate(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_compose(experiment):
+    cfg = compose_cfg(f"experiment={experiment}")
+    assert cfg.experiment_name in ("benchmark", "double_descent")
+    runner.validate(cfg)
+
+
+def test_default_is_cnn_with_paper_protocol():
+    cfg = compose_cfg()
+    assert (cfg.model.name, cfg.train.optimizer, cfg.train.batch_size, cfg.train.eval_every) == ("cnn", "adam", 100, 250)
+    assert cfg.data.num_samples == 5000 and cfg.data.seed == 42
+
+
+def test_run_key_ignores_paths_and_threads_but_not_knobs():
+    a, b = compose_cfg(), compose_cfg("num_threads=1", "paths.output_dir=/elsewhere", "progress=false")
+    assert records.run_key(a) == records.run_key(b)
+    assert records.run_key(a) != records.run_key(compose_cfg("seed=1"))
+    assert records.run_key(a) != records.run_key(compose_cfg("data.shear_scale=0"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_runs_through_the_entry_point(tmp_path, model):
+    proc = run_lab(tmp_path, f"model={model}", *TINY)
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    for name in ("config.yaml", "summary.json", "curves.csv", "env.json"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and 0 <= summary["final_test_acc"] <= 1
+    assert summary["num_params"] == {"logistic": 410, "mlp": 15210, "cnn": 5210, "gru": 5134}[model]
+    curves = pd.read_csv(run_dir / "curves.csv")
+    assert list(curves.columns[:5]) == ["step", "train_loss", "train_acc", "test_loss", "test_acc"]
+    assert curves["step"].tolist() == [0, 10, 20]
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["versions"]["torch"] and env["seeds"]["seed"] == 0 and env["seeds"]["data.seed"] == 42
+    assert "git_revision" in env and env["num_threads"] == 1
+    assert "test accuracy" in proc.stdout + proc.stderr and str(run_dir) in proc.stdout + proc.stderr
+
+
+def test_same_config_same_numbers_then_skip_then_force(tmp_path):
+    run_lab(tmp_path, "model=mlp", *TINY)
+    second = run_lab(tmp_path, "model=mlp", *TINY)
+    assert "skipped" in second.stdout + second.stderr
+    run_lab(tmp_path, "model=mlp", "force=true", *TINY)
+    runs = sorted((tmp_path / "outputs" / "runs").iterdir())
+    curves = [pd.read_csv(d / "curves.csv") for d in runs]
+    assert len(runs) == 3
+    pd.testing.assert_frame_equal(curves[0], curves[1])
+    pd.testing.assert_frame_equal(curves[0], curves[2])  # recomputed: the same numbers again
+
+
+BAD = [
+    ("model=foo", "model"), ("experiment=nope", "experiment"), ("model=mlp model.width=0", "model.width"),
+    ("train.lr=-1", "train.lr"), ("train.steps=0", "train.steps"), ("train.batch_size=0", "train.batch_size"),
+    ("train.batch_size=100000", "train.batch_size"), ("device=tpu", "device"), ("data.padding=[60,36]", "data.padding"),
+    ("data.train_split=1.5", "data.train_split"),
+]
+
+
+@pytest.mark.parametrize("args,key", BAD)
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, key):
+    proc = run_lab(tmp_path, *args.split(), "progress=false", check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = [s for s in proc.stderr.splitlines() if s.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mnist1d_lab: error: ") and key in lines[0], proc.stderr
+    runs = tmp_path / "outputs" / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_unknown_model_lists_the_valid_ones(tmp_path):
+    proc = run_lab(tmp_path, "model=transformer", check=False)
+    assert proc.returncode == 2 and all(m in proc.stderr for m in MODELS)
+
+
+def test_failed_run_is_recorded_and_not_stored(tmp_path, monkeypatch):
+    from mnist1d_lab.experiments import train as train_exp
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(train_exp, "run", boom)
+    cfg = compose_cfg(*TINY, f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")
+    summary = runner.execute(cfg, tmp_path / "job")
+    assert summary["status"] == "failed" and "simulated crash" in summary["error"]
+    assert records.read_summary(tmp_path / "job")["status"] == "failed"
+    assert not (tmp_path / "store").exists()  # failed runs are retried next time
+
+
+def test_diverged_run_is_recorded(tmp_path):
+    cfg = compose_cfg(*TINY, "model=mlp", "train.lr=1e9", "train.optimizer=sgd", f"paths.output_dir={tmp_path}",
+                      f"paths.cache_dir={tmp_path / 'cache'}")
+    summary = runner.execute(cfg, tmp_path / "job")
+    assert summary["status"] == "diverged"
+    assert records.is_done(tmp_path / "store" / summary["run_key"])
+
+
+def test_benchmark_experiment_smoke_and_collect(tmp_path):
+    proc = run_lab(tmp_path, "experiment=benchmark", "seed=0,1", *TINY)
+    (sweep,) = sweep_dirs(tmp_path)
+    table = pd.read_csv(sweep / "results.csv")
+    assert len(table) == 16 and set(table["status"]) == {"complete"}
+    assert (sweep / "results.parquet").is_file()
+    t1 = pd.read_csv(sweep / "table1.csv")
+    assert set(t1["model.name"]) == set(MODELS) and set(t1["seeds"]) == {2}
+    assert {"final_test_acc_mean", "final_test_acc_std", "paper"} <= set(t1.columns)
+    assert (sweep / "table1.md").is_file() and (sweep / "figure2.png").is_file() and (sweep / "figure2.pdf").is_file()
+    assert "16/16 runs done" in proc.stdout + proc.stderr
+    # the collect CLI rebuilds the same table
+    (sweep / "results.csv").unlink()
+    run_lab(tmp_path, str(sweep), module="mnist1d_lab.collect")
+    assert len(pd.read_csv(sweep / "results.csv")) == 16
+    # and plot draws a metric against a knob
+    run_lab(tmp_path, str(sweep / "results.csv"), "x=model.name", "y=final_test_acc", "hue=data.shuffle_seq",
+            module="mnist1d_lab.plot")
+    assert (sweep / "plot_final_test_acc_vs_model.name.png").is_file()
+    assert len(summaries(tmp_path / "outputs" / "store")) == 16

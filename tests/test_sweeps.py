@@ -1,0 +1,113 @@
+"""Sweeps: kill-and-resume, launchers giving identical tables, a shared dataset cache under parallel
+jobs, thread counts, sweep folders that never collide, progress, and the design's commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from helpers import TINY, lab_env, run_lab, summaries, sweep_dirs
+
+from mnist1d_lab import records
+from mnist1d_lab.callbacks import count_jobs
+
+TIMING = ["wall_time_s", "record_dir"]
+
+
+def test_kill_mid_sweep_then_resume_runs_each_job_exactly_once(tmp_path):
+    args = ["-m", "model=mlp", "seed=0,1,2,3,4,5", "data.num_samples=500", "train.steps=400",
+            "train.eval_every=200", "progress=false", "num_threads=1"]
+    cmd = [sys.executable, "-m", "mnist1d_lab", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=lab_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    store = tmp_path / "outputs" / "store"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(store.glob("*/summary.json"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # SIGKILL: no cleanup of any kind
+    proc.wait()
+    done_before = len(list(store.glob("*/summary.json")))
+    assert 2 <= done_before < 6, "the sweep should have been killed half-way"
+    second = run_lab(tmp_path, *args)
+    assert f"{done_before} skipped" in second.stdout + second.stderr
+    table = records.collect(store)
+    assert len(table) == 6 and table["seed"].tolist() != [] and sorted(table["seed"]) == [0, 1, 2, 3, 4, 5]
+    assert set(table["status"]) == {"complete"} and table["run_key"].is_unique
+    resumed = sweep_dirs(tmp_path)[-1]
+    assert len(records.collect(resumed)) == 6  # the resumed sweep folder holds every run once
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_launchers_give_identical_tables(tmp_path, launcher):
+    sweep = ["-m", "model=logistic,mlp", "seed=0,1", *TINY]
+    for sub in ("basic", launcher):
+        (tmp_path / sub).mkdir()
+    run_lab(tmp_path / "basic", *sweep)
+    extra = ["hydra.launcher.timeout_min=10"] if launcher == "submitit_local" else ["hydra.launcher.n_jobs=2"]
+    run_lab(tmp_path / launcher, *sweep, f"hydra/launcher={launcher}", *extra, timeout=600)
+    tables = []
+    for sub in ("basic", launcher):
+        (sweep_dir,) = sweep_dirs(tmp_path / sub)
+        t = pd.read_csv(sweep_dir / "results.csv") if (sweep_dir / "results.csv").is_file() else records.collect(sweep_dir)
+        tables.append(t.drop(columns=[c for c in TIMING if c in t]).sort_values("run_key").reset_index(drop=True))
+    assert len(tables[0]) == 4
+    metrics = [c for c in tables[0].columns if c.startswith(("final_", "best_", "status", "run_key", "num_params"))]
+    pd.testing.assert_frame_equal(tables[0][metrics], tables[1][metrics])
+
+
+def test_parallel_jobs_share_one_dataset_cache_safely(tmp_path):
+    run_lab(tmp_path, "-m", "model=logistic", "seed=0,1,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            "data.seed=7", *TINY)
+    cache_files = list((tmp_path / "cache").rglob("*"))
+    assert cache_files and not [f for f in cache_files if f.name.endswith(".tmp")]
+    envs = [json.loads(p.read_text()) for p in (tmp_path / "outputs" / "multirun").rglob("env.json")]
+    assert len(envs) == 4 and all(e["num_threads"] == 1 for e in envs)
+    from mnist1d_lab.data import load
+
+    os.environ["MNIST1D_LAB_CACHE"] = str(tmp_path / "cache")
+    try:  # the cached file is complete and equals a fresh generation
+        fresh = load({"num_samples": 500, "seed": 7, "cache": False})
+        cached = load({"num_samples": 500, "seed": 7})
+    finally:
+        del os.environ["MNIST1D_LAB_CACHE"]
+    assert (fresh.x == cached.x).all() and (fresh.y == cached.y).all()
+
+
+def test_default_threads_divide_the_cores_among_joblib_workers(tmp_path):
+    run_lab(tmp_path, "-m", "model=logistic", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            *[a for a in TINY if not a.startswith("num_threads")])
+    envs = [json.loads(p.read_text()) for p in (tmp_path / "outputs" / "multirun").rglob("env.json")]
+    cores = len(os.sched_getaffinity(0))
+    assert {e["num_threads"] for e in envs} == {max(1, cores // 2)}
+
+
+def test_two_sweeps_started_together_get_different_folders(tmp_path):
+    cmd = [sys.executable, "-m", "mnist1d_lab", "-m", "model=logistic", "seed=0", *TINY]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=lab_env(tmp_path), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert len(sweep_dirs(tmp_path)) == 2
+
+
+def test_count_jobs_for_progress():
+    assert count_jobs(["model=mlp", "model.width=range(1,200,40)"], {"seed": "0,1,2", "model": "a,b"}) == 15
+    assert count_jobs(["data.shear_scale=0,0.75,1.5", "data.corr_noise_scale=0,0.25"], None) == 6
+
+
+def test_the_design_commands_work_from_any_folder(tmp_path):
+    elsewhere = tmp_path / "some" / "other" / "folder"
+    elsewhere.mkdir(parents=True)
+    proc = run_lab(tmp_path, "-m", "experiment=benchmark", "model=mlp", "model.width=range(1,200,40)",
+                   "seed=0", "data.shuffle_seq=false", *TINY, cwd=elsewhere)
+    assert "5/5 runs done" in proc.stdout + proc.stderr
+    proc = run_lab(tmp_path, "-m", "data.shear_scale=0,0.75,1.5", "data.corr_noise_scale=0,0.25", "model=logistic",
+                   *TINY, cwd=elsewhere)
+    assert "6/6 runs done" in proc.stdout + proc.stderr
+    assert len(summaries(tmp_path / "outputs" / "store")) == 11
+    assert not (elsewhere / "outputs").exists()  # outputs go where MNIST1D_LAB_OUTPUTS says
