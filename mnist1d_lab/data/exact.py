@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from .config import DEFAULTS, knobs, validate
+from .config import DEFAULTS, GENERATOR_KNOBS, knobs, validate
 
 EPS = 1e-8        # added to the templates so that their zero end points count as signal, as in the original
 CORR_SIGMA = 2.0  # std (in samples) of the Gaussian filter that correlates the noise
@@ -51,13 +51,9 @@ class ArgsView:
 
 def get_dataset_args(as_dict: bool = False) -> dict | ArgsView:
     """The paper's knobs with the original names (drop-in for mnist1d.data.get_dataset_args)."""
-    d = {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items() if k in _ORIGINAL}
+    d = {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items() if k in GENERATOR_KNOBS}
     d["url"] = "https://github.com/greydanus/mnist1d/raw/master/mnist1d_data.pkl"  # kept for compatibility only
     return d if as_dict else ArgsView(d)
-
-
-_ORIGINAL = ("num_samples", "train_split", "template_len", "padding", "scale_coeff", "max_translation",
-             "corr_noise_scale", "iid_noise_scale", "shear_scale", "shuffle_seq", "final_seq_length", "seed")
 
 
 def get_templates() -> dict[str, np.ndarray]:
@@ -73,12 +69,12 @@ def get_templates() -> dict[str, np.ndarray]:
 def interp_rows(y: np.ndarray, n_out: int) -> np.ndarray:
     """np.interp of every row of `y` (on linspace(0, 1, n_in)) at linspace(0, 1, n_out), bit for bit."""
     n_in = y.shape[-1]
+    if n_in == 1:
+        return np.repeat(y[..., :1], n_out, axis=-1)
     xp, xq = np.linspace(0, 1, n_in), np.linspace(0, 1, n_out)
     j = np.searchsorted(xp, xq, side="right") - 1      # xp[j] <= xq < xp[j + 1]
     hit = (j >= n_in - 1) | (xp[np.minimum(j, n_in - 1)] == xq)  # np.interp returns y[j] itself here
     j0 = np.minimum(j, n_in - 2)
-    if n_in == 1:
-        return np.repeat(y[..., :1], n_out, axis=-1)
     # same operations, in the same order, as numpy's C loop: slope * (x - xp[j]) + y[j]
     slope = (y[..., j0 + 1] - y[..., j0]) / (xp[j0 + 1] - xp[j0])
     out = slope * (xq - xp[j0]) + y[..., j0]
