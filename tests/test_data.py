@@ -75,7 +75,7 @@ def test_defaults_match_yaml_and_original():
     assert view.__dict__["num_samples"] == 20 and D.get_dataset_args().num_samples == 5000
 
 
-def test_exact_default_matches_reference_and_is_10x_faster(ref_default):
+def test_exact_default_matches_reference_and_is_faster(ref_default):
     theirs, t_ref = ref_default
     ours = D.make_dataset(D.get_dataset_args())
     assert_same(ours, theirs)
