@@ -16,6 +16,15 @@ from mnist1d_lab import batched, models, train
 from mnist1d_lab.errors import ConfigError
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny ops: 2 OpenMP threads on a shared 2-core machine spin and run 10-30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _double(d) -> SimpleNamespace:
     return SimpleNamespace(x=d.x.double(), y=d.y, x_test=d.x_test.double(), y_test=d.y_test)
 
@@ -86,7 +95,7 @@ def test_float32_accuracy_close(small_data):
     cfg = {"steps": 300, "eval_every": 300}
     cfgs, seeds = _member_cfgs("mlp", [100] * 3), [0, 1, 2]
     rb = batched.train_batched(cfgs, seeds, small_data, cfg, progress=False)
-    r1 = [train.train(models.build_model(c, s), small_data, cfg, s, progress=False) for c, s in zip(cfgs, seeds)]
+    r1 = [train.train(models.build_model(c, s), small_data, cfg, s, progress=False) for c, s in zip(cfgs, seeds, strict=True)]
     acc_b = np.mean([r.summary["final_test_acc"] for r in rb])
     acc_1 = np.mean([r.summary["final_test_acc"] for r in r1])
     assert acc_1 > 0.3 and abs(acc_b - acc_1) < 0.06
@@ -130,7 +139,7 @@ def test_plan_groups_respects_budget():
     for g in groups:
         assert len(g) == 1 or batched.estimate_memory_mb([cfgs[i] for i in g], 4000) <= budget
     widths = [[cfgs[i]["width"] for i in g] for g in groups]
-    assert all(max(a) <= min(b) for a, b in zip(widths, widths[1:]))  # small widths batch together
+    assert all(max(a) <= min(b) for a, b in zip(widths, widths[1:], strict=False))  # small widths batch together
     assert batched.plan_groups(cfgs, 4000, 1e9) == [sorted(range(64), key=lambda i: cfgs[i]["width"])]
 
 
