@@ -7,6 +7,7 @@ is written last, atomically: a folder without a parsable summary is an incomplet
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -29,17 +30,23 @@ log = logging.getLogger(__name__)
 
 # Keys that do not change a run's result, so they are left out of its store key.
 RESULT_NEUTRAL_KEYS = ("paths", "force", "progress", "num_threads", "stop_on_error", "device", "hydra",
-                       "memory_budget_mb")
+                       "data.cache", "data.cache_dir")
 DONE_STATUSES = ("complete", "diverged")  # finished records; `failed` ones are retried
 
 
 def _plain(cfg: Mapping | DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    """A deep, resolved, plain-dict copy of a config."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(dict(cfg))
 
 
 def run_key(cfg: Mapping | DictConfig) -> str:
     """A short hash of everything in the resolved config that can change the result."""
-    body = {k: v for k, v in _plain(cfg).items() if k not in RESULT_NEUTRAL_KEYS}
+    body = _plain(cfg)
+    for key in RESULT_NEUTRAL_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        node = body.get(parent, {}) if parent else body
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -111,7 +111,7 @@ def test_failed_run_is_recorded_and_not_stored(tmp_path, monkeypatch):
         raise RuntimeError("simulated crash")
 
     monkeypatch.setattr(train_exp, "run", boom)
-    cfg = compose_cfg(*TINY, f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")
+    cfg = compose_cfg(*TINY, f"paths.output_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}")
     summary = runner.execute(cfg, tmp_path / "job")
     assert summary["status"] == "failed" and "simulated crash" in summary["error"]
     assert records.read_summary(tmp_path / "job")["status"] == "failed"
@@ -120,7 +120,7 @@ def test_failed_run_is_recorded_and_not_stored(tmp_path, monkeypatch):
 
 def test_diverged_run_is_recorded(tmp_path):
     cfg = compose_cfg(*TINY, "model=mlp", "train.lr=1e9", "train.optimizer=sgd", f"paths.output_dir={tmp_path}",
-                      f"paths.cache_dir={tmp_path / 'cache'}")
+                      f"data.cache_dir={tmp_path / 'cache'}")
     summary = runner.execute(cfg, tmp_path / "job")
     assert summary["status"] == "diverged"
     assert records.is_done(tmp_path / "store" / summary["run_key"])

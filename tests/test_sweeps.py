@@ -111,3 +111,11 @@ def test_the_design_commands_work_from_any_folder(tmp_path):
     assert "6/6 runs done" in proc.stdout + proc.stderr
     assert len(summaries(tmp_path / "outputs" / "store")) == 11
     assert not (elsewhere / "outputs").exists()  # outputs go where MNIST1D_LAB_OUTPUTS says
+
+
+def test_slurm_command_composes(tmp_path):
+    proc = run_lab(tmp_path, "experiment=benchmark", "hydra/launcher=submitit_slurm",
+                   "hydra.launcher.partition=gpu", "hydra.launcher.cpus_per_task=2", "hydra.launcher.timeout_min=60",
+                   "--cfg", "hydra")
+    assert "submitit_slurm" in proc.stdout.lower() or "SlurmLauncher" in proc.stdout
+    assert "partition: gpu" in proc.stdout
