@@ -1,0 +1,107 @@
+"""Benchmark: K models one at a time (train.train) versus batched (batched.train_batched), one process.
+
+Paper protocol (default data, Adam 1e-2, batch 100, sequential order) with shortened runs (--steps,
+eval every --eval-every), float32, --threads torch threads for both paths (default 1). Cases: MLP seeds
+K = 8, 32, 128; CNN seeds K = 32; an MLP width sweep of 64 members (widths 1..64, seed 0).
+
+The one-at-a-time side times a subset of members (--single-sample per case, spread over the members)
+and extrapolates per model; the output says so. Both paths are warmed up first (the first Adam imports
+torch._dynamo, ~1 s). Memory: `est` is batched.estimate_memory_mb (tensor sizes); `maxrss` is the
+process's peak resident set after the case (resource.getrusage, cumulative, so it only shows growth).
+
+    python scripts/bench_batched.py [--steps 300] [--threads 1] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
+Last line: `batched speedup mlp32: <r>x, cnn32: <r>x, widths64: <r>x`. ~3-5 min on 2 idle cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+
+from mnist1d_lab import batched, models, train
+
+
+def load_data():
+    """The paper's dataset (4000 train / 1000 test), without touching the disk cache if possible."""
+    from mnist1d_lab.data import load
+
+    try:
+        return load({"cache": False})
+    except Exception:  # noqa: BLE001 (older config without a cache knob)
+        return load()
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_single(cfgs, seeds, data, cfg, sample: int) -> tuple[float, float, float]:
+    """(seconds per model, cpu seconds per model, mean final test acc) over `sample` evenly spread members."""
+    picks = np.unique(np.linspace(0, len(cfgs) - 1, sample).round().astype(int))
+    wall = cpu = 0.0
+    accs = []
+    for i in picks:
+        model = models.build_model(cfgs[i], seeds[i])
+        t, c = time.perf_counter(), time.process_time()
+        r = train.train(model, data, cfg, seeds[i], progress=False)
+        wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
+        accs.append(r.summary["final_test_acc"])
+    return wall / len(picks), cpu / len(picks), float(np.mean(accs))
+
+
+def case_members(case: str) -> tuple[list[dict], list[int]]:
+    if case.startswith("widths"):
+        k = int(case[len("widths"):])
+        return [{"name": "mlp", "width": w} for w in range(1, k + 1)], [0] * k
+    name, k = ("cnn", int(case[3:])) if case.startswith("cnn") else ("mlp", int(case[3:]))
+    return [{"name": name}] * k, list(range(k))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--single-sample", type=int, default=4, help="members timed one at a time per case")
+    ap.add_argument("--cases", default="mlp8,mlp32,mlp128,cnn32,widths64")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_data()
+    cfg = {"steps": args.steps, "eval_every": args.eval_every}
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps, eval every "
+          f"{args.eval_every}, data {tuple(data.x.shape)} train / {tuple(data.x_test.shape)} test")
+    warm = {"steps": 3, "eval_every": 3}  # first Adam imports torch._dynamo; first conv sets up oneDNN
+    for name in ("mlp", "cnn"):
+        train.train(models.build_model({"name": name}, 0), data, warm, 0, progress=False)
+        batched.train_batched([{"name": name}] * 2, [0, 1], data, warm, progress=False)
+
+    single_cache: dict[str, tuple] = {}
+    speedups = {}
+    for case in args.cases.split(","):
+        cfgs, seeds = case_members(case)
+        k = len(cfgs)
+        key = "widths" if case.startswith("widths") else case[:3]
+        sample = max(args.single_sample, 8) if key == "widths" else args.single_sample
+        if key not in single_cache or key == "widths":  # seeds cost the same: reuse the per-model time
+            single_cache[key] = time_single(cfgs, seeds, data, cfg, sample)
+        s_wall, s_cpu, s_acc = single_cache[key]
+        rss0, t, c = maxrss_mb(), time.perf_counter(), time.process_time()
+        res = batched.train_batched(cfgs, seeds, data, cfg, progress=False)
+        b_wall, b_cpu = time.perf_counter() - t, time.process_time() - c
+        b_acc = float(np.mean([r.summary["final_test_acc"] for r in res]))
+        est = batched.estimate_memory_mb(cfgs, len(data.x))
+        speedups[case] = s_wall * k / b_wall
+        print(f"{case:9s} K={k:3d} one-at-a-time {s_wall * k:7.1f} s (extrapolated from {min(sample, k)} "
+              f"members, {s_wall * 1e3:.0f} ms/model, cpu {s_cpu * k:.1f} s, test_acc {s_acc:.3f}) | batched "
+              f"{b_wall:6.1f} s (cpu {b_cpu:.1f} s, test_acc {b_acc:.3f}) | speedup {speedups[case]:.2f}x "
+              f"(cpu {s_cpu * k / b_cpu:.2f}x) | memory est {est:.0f} MB, maxrss {rss0:.0f}->{maxrss_mb():.0f} MB")
+    fmt = {c: f"{speedups[c]:.2f}x" if c in speedups else "n/a" for c in ("mlp32", "cnn32", "widths64")}
+    print(f"batched speedup mlp32: {fmt['mlp32']}, cnn32: {fmt['cnn32']}, widths64: {fmt['widths64']}")
+
+
+if __name__ == "__main__":
+    main()
