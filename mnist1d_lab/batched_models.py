@@ -13,7 +13,7 @@ Why zero padding is exact (members of different `width` / `channels`, padded to 
   * Optimisers are elementwise: with g = 0 and p = 0, Adam keeps m = v = 0 and moves p by
     0 / (sqrt(0) + eps) = 0; L2 weight decay adds wd * p = 0; SGD momentum buffers stay 0. So padded
     entries stay exactly zero forever and the real entries follow their own model's trajectory.
-  * Members never mix: every layer is block-diagonal over members (bmm, grouped conv, or one mm whose
+  * Members never mix: every layer is block-diagonal over members (bmm, or one mm whose
     output columns belong to one member each), and the loss is the SUM of members' mean losses, so each
     member receives exactly its own gradient (a mean would scale it by 1/K).
   This holds up to floating-point summation order (bmm vs addmm): equal to ~1e-15 in float64; in
@@ -24,8 +24,9 @@ Layouts (K members, P = padded width or channels, L = input length, C = classes)
   logistic / first MLP layer: w (L, K, P) so that a shared batch x (B, L) does ONE mm with
       w.view(L, K*P); a per-member batch (K, B, L) uses bmm with w.permute(1, 0, 2).
   MLP hidden layers: w (K, P, P) [in, out]; head w (K, P, C).
-  CNN: conv weights (K*P, c_in, k); the first conv on a shared input is one conv with K*P output
-      channels, per-member inputs and later layers use groups=K; head w (K, P*L_out, C).
+  CNN (as unfold + matmul, activations channels-last (K, B, L_i, P)): first conv w (k, K, P), one
+      (B*L1, k) @ (k, K*P) mm on a shared input; later convs w (K, P_in, k, P) as bmm over patches
+      (K, B*L_out, P_in*k); head w (K, L_out*P, C) with features in (l, c) order.
 """
 
 from __future__ import annotations
@@ -84,11 +85,11 @@ class StackedModel(nn.Module):
         if self.name == "cnn":
             convs = small[0].convs
             self.conv_args = [(c.stride[0], c.padding[0]) for c in convs]
-            self.cw = nn.ParameterList(zeros(K * P, 1 if i == 0 else P, c.kernel_size[0])
+            self.cw = nn.ParameterList(zeros(c.kernel_size[0], K, P) if i == 0 else zeros(K, P, c.kernel_size[0], P)
                                        for i, c in enumerate(convs))
-            self.cb = nn.ParameterList(zeros(K * P) for _ in convs)
+            self.cb = nn.ParameterList(zeros(K, P) for _ in convs)
             self.l_out = small[0].out.in_features // self.widths[0]
-            self.wo, self.bo = zeros(K, P * self.l_out, C), zeros(K, C)
+            self.wo, self.bo = zeros(K, self.l_out * P, C), zeros(K, C)
         with torch.no_grad():
             for k, m in enumerate(small):
                 self._copy(k, m, into_stack=True)
@@ -104,11 +105,12 @@ class StackedModel(nn.Module):
                 out += [(self.ws[i][k, :w, :w], lin.weight.T), (self.bs[i][k, :w], lin.bias)]
             return out + [(self.wo[k, :w], m.out.weight.T), (self.bo[k], m.out.bias)]
         out = []
-        for i, conv in enumerate(m.convs):
-            cin = 1 if i == 0 else w
-            out += [(self.cw[i][k * P:k * P + w, :cin], conv.weight), (self.cb[i][k * P:k * P + w], conv.bias)]
-        head = self.wo[k].view(P, self.l_out, C)[:w]  # (w, L_out, C): rows follow flatten order (c, l)
-        return out + [(head, m.out.weight.view(C, w, self.l_out).permute(1, 2, 0)), (self.bo[k], m.out.bias)]
+        for i, conv in enumerate(m.convs):  # torch weight (c_out, c_in, k) -> ours (c_in, k, c_out)
+            cw = self.cw[i][:, k, :w] if i == 0 else self.cw[i][k, :w, :, :w]
+            wt = conv.weight[:, 0].T if i == 0 else conv.weight.permute(1, 2, 0)
+            out += [(cw, wt), (self.cb[i][k, :w], conv.bias)]
+        head = self.wo[k].view(self.l_out, P, C)[:, :w]  # our features are (l, c); torch flattens (c, l)
+        return out + [(head, m.out.weight.view(C, w, self.l_out).permute(2, 1, 0)), (self.bo[k], m.out.bias)]
 
     def _copy(self, k: int, m: nn.Module, into_stack: bool) -> None:
         for stacked, small in self._pairs(k, m):
@@ -125,11 +127,7 @@ class StackedModel(nn.Module):
 
     def member_view(self, name: str, t: torch.Tensor, k: int) -> torch.Tensor:
         """Member k's block of `t`, a tensor shaped like parameter `name` (e.g. its Adam moment)."""
-        if name in ("w0",):
-            return t[:, k]
-        if name.startswith(("cw.", "cb.")):
-            return t[k * self.P:(k + 1) * self.P]
-        return t[k]
+        return t[:, k] if name in ("w0", "cw.0") else t[k]
 
     @torch.no_grad()
     def padding_masks(self) -> dict[str, torch.Tensor]:
@@ -166,13 +164,27 @@ class StackedModel(nn.Module):
         return torch.baddbmm(self.bo.unsqueeze(1), h, self.wo)
 
     def _forward_cnn(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
-        # h: (B, K*P, L_i), channel block k*P..(k+1)*P belongs to member k
-        h = x.unsqueeze(1) if shared else x.transpose(0, 1)  # (B, 1, L) or (B, K, L)
-        for i, ((stride, pad), w, b) in enumerate(zip(self.conv_args, self.cw, self.cb, strict=True)):
-            groups = 1 if (i == 0 and shared) else self.K
-            h = self.act(F.conv1d(h, w, b, stride=stride, padding=pad, groups=groups))
-        h = h.reshape(h.shape[0], self.K, -1).transpose(0, 1)  # (K, B, P*L_out)
-        return torch.baddbmm(self.bo.unsqueeze(1), h, self.wo)
+        # Convolutions as unfold + matmul, channels last: h (K, B, L_i, P). oneDNN's grouped conv
+        # (groups=K) was no faster than K separate convs; unfold + bmm is 2-3x faster here.
+        K, P = self.K, self.P
+        (stride, pad), k0 = self.conv_args[0], self.cw[0].shape[0]
+        patches = F.pad(x, (pad, pad)).unfold(-1, k0, stride)  # (B, L1, k0) or (K, B, L1, k0)
+        if shared:  # every member's first conv is ONE (B*L1, k0) @ (k0, K*P) mm
+            B, L1 = patches.shape[:2]
+            h = torch.addmm(self.cb[0].view(-1), patches.reshape(B * L1, k0), self.cw[0].view(k0, K * P))
+            h = h.view(B, L1, K, P).permute(2, 0, 1, 3)
+        else:
+            B, L1 = patches.shape[1:3]
+            h = torch.baddbmm(self.cb[0].unsqueeze(1), patches.reshape(K, B * L1, k0), self.cw[0].permute(1, 0, 2))
+            h = h.view(K, B, L1, P)
+        h = self.act(h)
+        for (stride, pad), w, b in zip(self.conv_args[1:], self.cw[1:], self.cb[1:], strict=True):
+            ks = w.shape[2]
+            patches = F.pad(h, (0, 0, pad, pad)).unfold(2, ks, stride)  # (K, B, L_out, P, ks)
+            L_out = patches.shape[2]
+            h = torch.baddbmm(b.unsqueeze(1), patches.reshape(K, B * L_out, P * ks), w.view(K, P * ks, P))
+            h = self.act(h.view(K, B, L_out, P))
+        return torch.baddbmm(self.bo.unsqueeze(1), h.reshape(K, B, -1), self.wo)  # features (l, c)
 
 
 def stacked_num_params(name: str, width: int, depth: int, input_len: int = 40, num_classes: int = 10,

@@ -75,10 +75,11 @@ def test_val_split_gives_each_member_its_own_rows(random_data):
         assert "val_acc" in res[0].curves and "val_selected_test_acc" in res[0].summary
 
 
-def test_padded_entries_stay_exactly_zero(random_data):
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_padded_entries_stay_exactly_zero(random_data, name):
     stacks = []
     cfg = {"steps": 50, "eval_every": 50, "weight_decay": 0.1, "batch_size": 50}
-    batched.train_batched(_member_cfgs("mlp", [3, 17, 8]), [0, 1, 2], random_data, cfg, progress=False,
+    batched.train_batched(_member_cfgs(name, [3, 17, 8]), [0, 1, 2], random_data, cfg, progress=False,
                           hook=lambda step, model, opt: stacks.append((model, opt)) if step == 50 else None)
     model, opt = stacks[0]
     masks = model.padding_masks()
