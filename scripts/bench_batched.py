@@ -35,6 +35,15 @@ def load_data():
         return load()
 
 
+def matmul_gflops() -> float:
+    """Achieved float32 GFLOP/s of a 1024^3 mm right now: how loaded the machine is (idle: ~130 on 1 thread)."""
+    import torch.utils.benchmark as tb
+
+    a = torch.randn(1024, 1024)
+    t = tb.Timer("a @ a", globals={"a": a}).blocked_autorange(min_run_time=0.5)
+    return 2 * 1024**3 / t.median / 1e9
+
+
 def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -73,7 +82,8 @@ def main() -> None:
     data = load_data()
     cfg = {"steps": args.steps, "eval_every": args.eval_every}
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps, eval every "
-          f"{args.eval_every}, data {tuple(data.x.shape)} train / {tuple(data.x_test.shape)} test")
+          f"{args.eval_every}, data {tuple(data.x.shape)} train / {tuple(data.x_test.shape)} test, "
+          f"mm 1024^3 at {matmul_gflops():.0f} GFLOP/s (idle machine: ~130 per thread)")
     warm = {"steps": 3, "eval_every": 3}  # first Adam imports torch._dynamo; first conv sets up oneDNN
     for name in ("mlp", "cnn"):
         train.train(models.build_model({"name": name}, 0), data, warm, 0, progress=False)
@@ -99,6 +109,7 @@ def main() -> None:
               f"members, {s_wall * 1e3:.0f} ms/model, cpu {s_cpu * k:.1f} s, test_acc {s_acc:.3f}) | batched "
               f"{b_wall:6.1f} s (cpu {b_cpu:.1f} s, test_acc {b_acc:.3f}) | speedup {speedups[case]:.2f}x "
               f"(cpu {s_cpu * k / b_cpu:.2f}x) | memory est {est:.0f} MB, maxrss {rss0:.0f}->{maxrss_mb():.0f} MB")
+    print(f"machine check after: mm 1024^3 at {matmul_gflops():.0f} GFLOP/s")
     fmt = {c: f"{speedups[c]:.2f}x" if c in speedups else "n/a" for c in ("mlp32", "cnn32", "widths64")}
     print(f"batched speedup mlp32: {fmt['mlp32']}, cnn32: {fmt['cnn32']}, widths64: {fmt['widths64']}")
 
