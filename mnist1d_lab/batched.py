@@ -10,7 +10,7 @@ optimiser (train.make_optimizer over the stacked tensors; Adam and SGD are eleme
 and the same evaluation points and records. The loss is the SUM over members of each member's mean loss.
 
 Speed (speed-notes.md §4): with a shared batch the first layer of all members is one (B, L) @ (L, K*P)
-mm (one conv with K*P output channels for the CNN), later layers are bmm / grouped conv, Adam is fused,
+mm (the CNN's first conv too, as im2col), later layers are bmm (CNN: im2col patches + bmm), Adam is fused,
 denormals are flushed, and there is no host sync between evaluations. Evaluation runs all members at
 once over chunks of rows.
 
