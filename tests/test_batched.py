@@ -67,6 +67,16 @@ def test_batched_equals_single_float64(random_data, name, widths, extra, order, 
     _compare(cfgs, list(range(3, 3 + len(cfgs))), _double(random_data), cfg)
 
 
+@pytest.mark.parametrize("name,widths,extra", [
+    ("mlp", [5, 9], {"depth": 1, "activation": "gelu"}),
+    ("cnn", [3, 6], {"depth": 2, "kernel_sizes": [3, 5], "stride": 1, "padding": 2, "activation": "elu"}),
+    ("cnn", [4, 2], {"depth": 4, "activation": "silu"}),
+])
+def test_other_shapes_float64(random_data, name, widths, extra):
+    cfg = {"steps": 40, "eval_every": 20, "batch_size": 50, "batch_order": "reshuffle", "loss": "mse"}
+    _compare(_member_cfgs(name, widths, **extra), [0, 1], _double(random_data), cfg)
+
+
 def test_val_split_gives_each_member_its_own_rows(random_data):
     # the val hold-out depends on the seed, so members train on different rows: the (K, n, L) path
     cfg = {"steps": 60, "eval_every": 20, "batch_size": 50, "val_split": 0.2, "train_size": 400}
