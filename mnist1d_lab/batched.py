@@ -78,12 +78,8 @@ def _act_per_example(name: str, width: int, depth: int) -> int:
     return 3 * width * (19 + 10 + 5) + 3 * 10  # the paper's CNN lengths; deeper/shorter nets use less
 
 
-def estimate_memory_mb(model_cfgs: Sequence[Mapping], n_train: int, batch_size: int = 100,
-                       dtype_bytes: int = 4) -> float:
-    """Estimated peak MB of one stack: params + grads + 2 Adam moments, batch and eval activations, labels."""
-    name, K = model_cfgs[0]["name"], len(model_cfgs)
-    width = max(_width(c) for c in model_cfgs)
-    depth = int(model_cfgs[0].get("depth") or (2 if name == "mlp" else 3))
+def _memory_mb(name: str, K: int, width: int, depth: int, n_train: int, batch_size: int,
+               dtype_bytes: int = 4) -> float:
     params = 4 * K * stacked_num_params(name, width, depth)
     act = _act_per_example(name, width, depth)
     eval_rows = min(n_train, max(1, EVAL_ELEMS // (K * act)))
@@ -91,18 +87,61 @@ def estimate_memory_mb(model_cfgs: Sequence[Mapping], n_train: int, batch_size: 
     return (dtype_bytes * (params + acts) + 8 * K * n_train + dtype_bytes * K * batch_size * 40) / 2**20
 
 
+def _depth(cfg: Mapping) -> int:
+    return int(cfg.get("depth") or (2 if cfg["name"] == "mlp" else 3))
+
+
+def estimate_memory_mb(model_cfgs: Sequence[Mapping], n_train: int, batch_size: int = 100,
+                       dtype_bytes: int = 4) -> float:
+    """Estimated peak MB of one stack: params + grads + 2 Adam moments, batch and eval activations, labels."""
+    first = model_cfgs[0]
+    return _memory_mb(first["name"], len(model_cfgs), max(_width(c) for c in model_cfgs), _depth(first),
+                      n_train, batch_size, dtype_bytes)
+
+
+# A stacked step's fixed cost (about 0.5 ms of per-op overhead on this kind of CPU), in the units of
+# _flops_per_example: forward multiply-adds per example (x3 for backward, x100 examples, at ~100 GFLOP/s).
+GROUP_OVERHEAD = 150_000
+
+
+def _flops_per_example(cfg: Mapping, input_len: int = 40) -> float:
+    """Forward multiply-adds per example of one member at its own width (a cost model, not a count)."""
+    name, w = cfg["name"], _width(cfg)
+    if name == "logistic":
+        return 10 * input_len
+    if name == "mlp":
+        return input_len * w + (_depth(cfg) - 1) * w * w + 10 * w
+    return 5 * 19 * w + 3 * w * w * (10 + 5) + 5 * w * 10  # the paper's CNN layout: lengths 19, 10, 5
+
+
 def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
                 batch_size: int = 100) -> list[list[int]]:
-    """Split member indices into groups whose estimated memory fits `budget_mb`, small widths together."""
+    """Split member indices into groups that fit `budget_mb` and minimise estimated time.
+
+    Members are sorted by width; a group pays its widest member's cost for every member (padding) plus a
+    fixed per-step overhead, so a wide width range is cut into buckets of similar widths while small,
+    overhead-bound members share one group. Exact dynamic programming over the sorted order.
+    """
     order = sorted(range(len(model_cfgs)), key=lambda i: _width(model_cfgs[i]))
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and estimate_memory_mb([model_cfgs[j] for j in groups[-1] + [i]], n_train,
-                                         batch_size) <= budget_mb:
-            groups[-1].append(i)
-        else:
-            groups.append([i])  # a single member always gets a group, even over budget
-    return groups
+    if not order:
+        return []
+    cost = [_flops_per_example(model_cfgs[i]) for i in order]
+    name, depth = model_cfgs[order[0]]["name"], _depth(model_cfgs[order[0]])
+    n = len(order)
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):  # best[j]: cheapest plan for the j narrowest members
+        width = _width(model_cfgs[order[j - 1]])
+        for i in range(j - 1, -1, -1):  # the last group is order[i:j], padded to order[j-1]'s width
+            if j - i > 1 and _memory_mb(name, j - i, width, depth, n_train, batch_size) > budget_mb:
+                break  # a single member always gets a group, even over budget
+            total = best[i] + GROUP_OVERHEAD + (j - i) * cost[j - 1]
+            if total < best[j]:
+                best[j], cut[j] = total, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def _member_losses(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -151,7 +151,15 @@ def test_plan_groups_respects_budget():
         assert len(g) == 1 or batched.estimate_memory_mb([cfgs[i] for i in g], 4000) <= budget
     widths = [[cfgs[i]["width"] for i in g] for g in groups]
     assert all(max(a) <= min(b) for a, b in zip(widths, widths[1:], strict=False))  # small widths batch together
-    assert batched.plan_groups(cfgs, 4000, 1e9) == [sorted(range(64), key=lambda i: cfgs[i]["width"])]
+    narrow = _member_cfgs("mlp", list(range(1, 33)))  # overhead-bound: one group when memory allows
+    assert batched.plan_groups(narrow, 4000, 1e9) == [sorted(range(32), key=lambda i: narrow[i]["width"])]
+
+
+def test_plan_groups_buckets_a_wide_width_range():
+    widths = [2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61, 80, 104, 135, 177, 230, 300]  # the DD grid
+    groups = [[widths[i] for i in g] for g in batched.plan_groups(_member_cfgs("mlp", widths), 4000, 1e9)]
+    assert 1 < len(groups) < len(widths)  # no padding of width 2 to 300, no one-at-a-time either
+    assert groups[0][:3] == [2, 3, 4] and groups[-1][-1] == 300
 
 
 def test_memory_budget_splits_but_keeps_results(random_data):
