@@ -5,9 +5,11 @@ The original loop (greydanus/mnist1d notebooks/train.py, re-created from shared/
 accuracies on the full train and test sets (`.detach().numpy()` round trips, autograd still recording).
 It runs `range(steps + 1)`, i.e. one update more than ours, exactly as the original does.
 
-Both loops get the same model (build_model, same seed), the same data (the oracle package's default
+Both loops get the same weights (build_model, same seed), the same data (the oracle package's default
 dataset, so this script does not depend on mnist1d_lab.data) and the paper protocol: Adam 1e-2, batch 100,
-sequential batches, eval every 250 steps.
+sequential batches, eval every 250 steps. The original side runs the original modules: the MLP is
+models.MLP (its forward is the original's), the CNN is `OriginalConvBase` (the notebook's ConvBase,
+nn.Conv1d forward) loaded with the same weights, since models.CNN trains with im2col + matmul instead.
 
     python scripts/bench_train.py                # 6000 steps, 1 thread, 2 repeats: a few minutes
     python scripts/bench_train.py --steps 2000 --threads 2
@@ -27,6 +29,37 @@ from torch import nn
 
 from mnist1d_lab.models import build_model
 from mnist1d_lab.train import train
+
+
+class OriginalConvBase(nn.Module):
+    """The original notebooks/models.py ConvBase: three nn.Conv1d + ReLU, flatten (B, C, L), linear."""
+
+    def __init__(self, output_size: int = 10, channels: int = 25, linear_in: int = 125):
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.linear = nn.Linear(linear_in, output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, 1, x.shape[-1])
+        h1 = self.conv1(x).relu()
+        h2 = self.conv2(h1).relu()
+        h3 = self.conv3(h2).relu()
+        h3 = h3.view(h3.shape[0], -1)  # flatten the conv features
+        return self.linear(h3)
+
+
+def original_model(name: str, seed: int) -> nn.Module:
+    """The original loop's model with build_model(name, seed)'s weights (CNN: the original ConvBase)."""
+    model = build_model({"name": name}, seed)
+    if name != "cnn":
+        return model
+    orig = OriginalConvBase()
+    names = {"convs.0": "conv1", "convs.1": "conv2", "convs.2": "conv3", "out": "linear"}
+    orig.load_state_dict({names[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v
+                          for k, v in model.state_dict().items()})
+    return orig
 
 
 def original_accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -87,7 +120,7 @@ def main() -> None:
 
     # Warm up both paths (first Adam imports torch._dynamo, first conv initialises oneDNN): not timed.
     for name in ("mlp", "cnn"):
-        original_train(build_model({"name": name}, args.seed), data, steps=20, eval_every=10)
+        original_train(original_model(name, args.seed), data, steps=20, eval_every=10)
         train(build_model({"name": name}, args.seed), data, {**cfg, "steps": 20, "eval_every": 10},
               args.seed, progress=False)
 
@@ -97,7 +130,8 @@ def main() -> None:
         times: dict[str, list[float]] = {"original": [], "ours": []}
         for rep in range(args.repeats):
             for which in (("original", "ours") if rep % 2 == 0 else ("ours", "original")):
-                model = build_model({"name": name}, args.seed)
+                model = (original_model(name, args.seed) if which == "original"
+                         else build_model({"name": name}, args.seed))
                 t0 = time.perf_counter()
                 if which == "original":
                     original_train(model, data, steps=args.steps)  # its last eval may predate the end
