@@ -139,8 +139,8 @@ def figure4(results: pd.DataFrame) -> plt.Figure:
             ax.legend(frameon=False, fontsize=7, loc="best")
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
-        fig.suptitle("Deep double descent on MNIST-1D (final errors; ▼ = smallest model with zero train error)",
-                     fontsize=10)
+        fig.suptitle("Deep double descent on MNIST-1D\n(final errors; ▼ = smallest model with zero train error)",
+                     fontsize=9)
         fig.tight_layout()
     return fig
 
