@@ -21,7 +21,7 @@ from .errors import ConfigError
 
 log = logging.getLogger("mnist1d_lab")
 CONFIG_PACKAGE = "mnist1d_lab.conf"
-GROUPS = ("data", "model", "train", "experiment", "scale")
+GROUPS = ("data", "model", "train", "experiment", "sweep", "scale")
 
 
 def register_plugins() -> None:

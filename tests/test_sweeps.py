@@ -119,3 +119,10 @@ def test_slurm_command_composes(tmp_path):
                    "--cfg", "hydra")
     assert "submitit_slurm" in proc.stdout.lower() or "SlurmLauncher" in proc.stdout
     assert "partition: gpu" in proc.stdout
+
+
+def test_saved_sweep_yaml_narrowed_on_the_command_line(tmp_path):
+    proc = run_lab(tmp_path, "sweep=noise_shear", "model=logistic", "data.corr_noise_scale=0", *TINY)
+    assert "3/3 runs done" in proc.stdout + proc.stderr
+    table = records.collect(sweep_dirs(tmp_path)[0])
+    assert sorted(table["data.shear_scale"]) == [0.0, 0.75, 1.5] and set(table["data.corr_noise_scale"]) == {0.0}
