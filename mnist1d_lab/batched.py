@@ -9,10 +9,10 @@ permutations from protocol.generator(seed_k, "batch_order"), gathered into a (K,
 optimiser (train.make_optimizer over the stacked tensors; Adam and SGD are elementwise, so per member)
 and the same evaluation points and records. The loss is the SUM over members of each member's mean loss.
 
-Speed (speed-notes.md §4): with a shared batch the first layer of all members is one (B, L) @ (L, K*P)
-mm (the CNN's first conv too, as im2col), later layers are bmm (CNN: im2col patches + bmm), Adam is fused,
+Speed (speed-notes.md §4): layers are bmm (a shared batch is broadcast to the K members without a copy;
+the CNN's first conv on a shared batch is one im2col mm; later convs im2col patches + bmm), Adam is fused,
 denormals are flushed, and there is no host sync between evaluations. Evaluation runs all members at
-once over chunks of rows.
+once over chunks of rows. Members of very different widths run as a few width buckets (plan_groups).
 
 Falls back (can_batch -> False): the GRU (aten's GRU kernel has no stacked form; run it one at a time),
 mixed families or any model knob other than width/channels differing, and unknown train keys (they
@@ -181,8 +181,10 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
                   ) -> list[protocol.TrainResult]:
     """Train member k = (model_cfgs[k], seeds[k]) as train.train would, all at once; one TrainResult each.
 
-    `hook(step, stacked_model, optimizer)` runs after every update. With `memory_budget_mb`, members
-    are split by plan_groups and the groups run one after another. `dtype` defaults to data.x's.
+    `hook(step, stacked_model, optimizer)` runs after every update. Members are split by plan_groups
+    (width buckets: padding width 1 to 64 costs more than a second stack) and the groups run one after
+    another; within `memory_budget_mb` if given. With a hook and no budget they stay one stack, so the
+    hook sees every member. `dtype` defaults to data.x's.
     """
     if len(model_cfgs) != len(seeds):
         raise ValueError(f"{len(model_cfgs)} model configs but {len(seeds)} seeds")
@@ -191,11 +193,13 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
         raise ConfigError("model", [dict(c) for c in model_cfgs][:3], f"members that can batch: {reason}")
     cfg = {**TRAIN_DEFAULTS, **cfg}
     validate_train(cfg, len(data.x))
-    if memory_budget_mb is None:
-        return _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype)
     n_train = protocol.split_sizes(cfg, len(data.x))[0]
+    budget = math.inf if memory_budget_mb is None else memory_budget_mb
+    groups = plan_groups(model_cfgs, n_train, budget, int(cfg["batch_size"]))
+    if len(groups) == 1 or (memory_budget_mb is None and hook is not None):
+        return _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype)
     results: list = [None] * len(model_cfgs)
-    for group in plan_groups(model_cfgs, n_train, memory_budget_mb, int(cfg["batch_size"])):
+    for group in groups:
         out = _train_group([model_cfgs[i] for i in group], [seeds[i] for i in group], data, cfg,
                            progress, device, hook, dtype)
         for i, r in zip(group, out, strict=True):

@@ -169,3 +169,16 @@ def test_memory_budget_splits_but_keeps_results(random_data):
     tiny = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False, memory_budget_mb=1e-3)
     for a, b in zip(whole, tiny, strict=True):
         np.testing.assert_allclose(a.curves.to_numpy(float), b.curves.to_numpy(float), rtol=1e-10)
+
+
+def test_wide_width_range_is_split_without_a_budget(random_data):
+    cfg = {"steps": 10, "eval_every": 5, "batch_size": 50}
+    cfgs, seeds = _member_cfgs("mlp", [2, 300, 3]), [0, 1, 2]
+    assert len(batched.plan_groups(cfgs, len(random_data.x), float("inf"))) == 2
+    split = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False)
+    calls = []
+    one = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False,  # a hook: one stack
+                                hook=lambda step, model, opt: calls.append(model.K))
+    assert set(calls) == {3}
+    for a, b in zip(split, one, strict=True):
+        np.testing.assert_allclose(a.curves.to_numpy(float), b.curves.to_numpy(float), rtol=1e-10)
