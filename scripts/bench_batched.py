@@ -2,7 +2,8 @@
 
 Paper protocol (default data, Adam 1e-2, batch 100, sequential order) with shortened runs (--steps,
 eval every --eval-every), float32, --threads torch threads for both paths (default 1). Cases: MLP seeds
-K = 8, 32, 128; CNN seeds K = 32; an MLP width sweep of 64 members (widths 1..64, seed 0).
+K = 8, 32, 128; CNN seeds K = 32; an MLP width sweep of 64 members (widths 1..64, seed 0), which
+train_batched runs as plan_groups width buckets (the output gives the number of stacks).
 
 The one-at-a-time side times a subset of members (--single-sample per case, spread over the members)
 and extrapolates per model; the output says so. Both paths are warmed up first (the first Adam imports
@@ -104,10 +105,11 @@ def main() -> None:
         b_wall, b_cpu = time.perf_counter() - t, time.process_time() - c
         b_acc = float(np.mean([r.summary["final_test_acc"] for r in res]))
         est = batched.estimate_memory_mb(cfgs, len(data.x))
+        groups = len(batched.plan_groups(cfgs, len(data.x), float("inf")))  # train_batched's width buckets
         speedups[case] = s_wall * k / b_wall
         print(f"{case:9s} K={k:3d} one-at-a-time {s_wall * k:7.1f} s (extrapolated from {min(sample, k)} "
               f"members, {s_wall * 1e3:.0f} ms/model, cpu {s_cpu * k:.1f} s, test_acc {s_acc:.3f}) | batched "
-              f"{b_wall:6.1f} s (cpu {b_cpu:.1f} s, test_acc {b_acc:.3f}) | speedup {speedups[case]:.2f}x "
+              f"{b_wall:6.1f} s in {groups} stack(s) (cpu {b_cpu:.1f} s, test_acc {b_acc:.3f}) | speedup {speedups[case]:.2f}x "
               f"(cpu {s_cpu * k / b_cpu:.2f}x) | memory est {est:.0f} MB, maxrss {rss0:.0f}->{maxrss_mb():.0f} MB")
     print(f"machine check after: mm 1024^3 at {matmul_gflops():.0f} GFLOP/s")
     fmt = {c: f"{speedups[c]:.2f}x" if c in speedups else "n/a" for c in ("mlp32", "cnn32", "widths64")}
