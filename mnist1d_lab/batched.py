@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import models, protocol
 from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel, _width, stacked_num_params
 from .errors import ConfigError
-from .train import TRAIN_DEFAULTS, make_optimizer, validate_train
+from .train import TRAIN_DEFAULTS, _step_fn, make_optimizer, validate_train
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,8 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) ->
                   for s in seeds]
     members = torch.arange(K, device=device).unsqueeze(1)  # (K, 1) for per-member gathers
     optimizer = make_optimizer(model, cfg)
+    optimizer_step = _step_fn(optimizer)  # fused Adam's kernels without torch.optim's Python, as train.train
+    params = list(model.parameters())
     chunk = max(1, EVAL_ELEMS // (K * _act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
     columns = ["step"] + [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
     records: list[list[list[float]]] = [[] for _ in range(K)]
@@ -263,9 +265,10 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) ->
             xb = x[idx] if x.dim() == 2 else x[members, idx]  # (K, B, L)
             yb = y.gather(1, idx)
         losses = _member_losses(loss_name, model(xb), yb).mean(-1)  # (K,) each member's mean loss
-        optimizer.zero_grad(set_to_none=True)
+        for p in params:  # = optimizer.zero_grad(set_to_none=True)
+            p.grad = None
         (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
-        optimizer.step()
+        optimizer_step()
         if hook is not None:
             hook(step, model, optimizer)
         if step in evals:
