@@ -126,3 +126,37 @@ def test_saved_sweep_yaml_narrowed_on_the_command_line(tmp_path):
     assert "3/3 runs done" in proc.stdout + proc.stderr
     table = records.collect(sweep_dirs(tmp_path)[0])
     assert sorted(table["data.shear_scale"]) == [0.0, 0.75, 1.5] and set(table["data.corr_noise_scale"]) == {0.0}
+
+
+def test_batched_launcher_records_match_the_sequential_path_and_resume_member_by_member(tmp_path):
+    sweep = ["-m", "model=mlp", "model.width=4,8,16", "seed=0,1", *TINY]
+    for sub in ("basic", "batched"):
+        (tmp_path / sub).mkdir()
+    run_lab(tmp_path / "basic", *sweep)
+    proc = run_lab(tmp_path / "batched", *sweep, "hydra/launcher=batched")
+    assert "as one batched program" in proc.stdout + proc.stderr
+    basic, fused = (records.collect(sweep_dirs(tmp_path / s)[0]).sort_values("run_key").reset_index(drop=True)
+                    for s in ("basic", "batched"))
+    assert list(basic.columns) == list(fused.columns)  # identical in form: collect cannot tell them apart
+    assert basic["run_key"].tolist() == fused["run_key"].tolist() and set(fused["status"]) == {"complete"}
+    assert (basic["num_params"] == fused["num_params"]).all()
+    assert (abs(basic["final_test_acc"] - fused["final_test_acc"]) < 0.05).all()  # float32: close, not equal
+    for name in ("config.yaml", "curves.csv", "env.json", "summary.json", ".hydra/overrides.yaml"):
+        assert len(list(sweep_dirs(tmp_path / "batched")[0].glob(f"*/{name}"))) == 6, name
+    # widen the sweep: only the new widths train, the finished members are skipped one by one
+    again = run_lab(tmp_path / "batched", "-m", "model=mlp", "model.width=4,8,16,32", "seed=0,1", *TINY,
+                    "hydra/launcher=batched")
+    out = again.stdout + again.stderr
+    assert out.count("skipped: complete record") == 6 and "training 2 runs as one batched program" in out
+
+
+def test_collect_reports_failed_runs(tmp_path):
+    from mnist1d_lab.collect import collect_sweep
+
+    ok, bad = tmp_path / "0", tmp_path / "1"
+    records.write_record(ok, {"seed": 0}, {"status": "complete", "run_key": "a"}, pd.DataFrame({"step": [0]}), {})
+    records.write_record(bad, {"seed": 1}, {"status": "failed", "run_key": "b", "error": "boom"}, None, {})
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "summary.json").write_text("{truncated")  # a half-written record is ignored
+    table = collect_sweep(tmp_path, summarize=False)
+    assert sorted(table["status"]) == ["complete", "failed"] and (tmp_path / "results.csv").is_file()
