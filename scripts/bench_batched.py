@@ -76,13 +76,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batched-threads", type=int, default=None,
+                    help="torch threads for the batched side only (default: --threads). One small model gains "
+                         "nothing from a second thread (speed-notes §5); a stack of 32 can use both cores")
     ap.add_argument("--single-sample", type=int, default=4, help="members timed one at a time per case")
     ap.add_argument("--cases", default="mlp8,mlp32,mlp128,cnn32,widths64")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = load_data()
     cfg = {"steps": args.steps, "eval_every": args.eval_every}
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps, eval every "
+    print(f"torch {torch.__version__}, {args.threads} thread(s) one at a time, "
+          f"{args.batched_threads or args.threads} batched, {args.steps} steps, eval every "
           f"{args.eval_every}, data {tuple(data.x.shape)} train / {tuple(data.x_test.shape)} test, "
           f"mm 1024^3 at {matmul_gflops():.0f} GFLOP/s (idle machine: ~130 per thread)")
     warm = {"steps": 3, "eval_every": 3}  # first Adam imports torch._dynamo; first conv sets up oneDNN
@@ -100,9 +104,11 @@ def main() -> None:
         if key not in single_cache or key == "widths":  # seeds cost the same: reuse the per-model time
             single_cache[key] = time_single(cfgs, seeds, data, cfg, sample)
         s_wall, s_cpu, s_acc = single_cache[key]
+        torch.set_num_threads(args.batched_threads or args.threads)
         rss0, t, c = maxrss_mb(), time.perf_counter(), time.process_time()
         res = batched.train_batched(cfgs, seeds, data, cfg, progress=False)
         b_wall, b_cpu = time.perf_counter() - t, time.process_time() - c
+        torch.set_num_threads(args.threads)
         b_acc = float(np.mean([r.summary["final_test_acc"] for r in res]))
         est = batched.estimate_memory_mb(cfgs, len(data.x))
         groups = len(batched.plan_groups(cfgs, len(data.x), float("inf")))  # train_batched's width buckets
