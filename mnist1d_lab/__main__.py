@@ -25,19 +25,21 @@ GROUPS = ("data", "model", "train", "experiment", "sweep", "scale")
 
 
 def register_plugins() -> None:
-    """Register our launcher and sweeper with Hydra explicitly.
+    """Make sure Hydra knows our launcher and sweeper (hydra_plugins/mnist1d_lab_launcher).
 
     Hydra finds plugins by walking the `hydra_plugins` namespace with pkgutil, which cannot see into an
-    editable install (setuptools' path hook); importing the modules registers their configs, and
-    `Plugins.register` their classes, wherever the package lives.
+    editable install (setuptools' path hook). After Hydra's own scan, whatever it missed is imported and
+    registered here; what it found is left alone (importing it again would make a second class object).
     """
+    import importlib
+
     from hydra.core.plugins import Plugins
 
-    from hydra_plugins.mnist1d_lab_launcher.batched_launcher import BatchedLauncher
-    from hydra_plugins.mnist1d_lab_launcher.grids_sweeper import GridsSweeper
-
-    for plugin in (BatchedLauncher, GridsSweeper):
-        Plugins.instance().register(plugin)
+    plugins = Plugins.instance()  # runs Hydra's scan once
+    for module, name in (("batched_launcher", "BatchedLauncher"), ("grids_sweeper", "GridsSweeper")):
+        path = f"hydra_plugins.mnist1d_lab_launcher.{module}"
+        if f"{path}.{name}" not in plugins.class_name_to_class:
+            plugins.register(getattr(importlib.import_module(path), name))
 
 
 def _options(group: str) -> list[str]:

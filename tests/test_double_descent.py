@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from hydra_plugins.mnist1d_lab_launcher.grids_sweeper import expand_grids
+from mnist1d_lab.__main__ import register_plugins
 from mnist1d_lab.experiments import double_descent as dd
 from mnist1d_lab.protocol import apply_label_noise
 
@@ -21,7 +22,7 @@ CMD = [sys.executable, "-m", "mnist1d_lab", "experiment=double_descent", "scale=
 
 def _run(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "MNIST1D_LAB_OUTPUTS": str(root / "out"), "MNIST1D_LAB_CACHE": str(root / "cache")}
-    proc = subprocess.run(CMD, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(CMD, cwd=root, env=env, capture_output=True, text=True, timeout=180)  # not the repo: plugins must be found from anywhere
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -82,6 +83,7 @@ def test_rerun_skips(smoke):
 
 
 def _grids(experiment: str) -> tuple[dict, dict]:
+    register_plugins()  # as the entry point does: our sweeper and launcher configs
     with initialize_config_module(config_module="mnist1d_lab.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     sw = OmegaConf.to_container(cfg.hydra.sweeper)
