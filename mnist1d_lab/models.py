@@ -98,26 +98,26 @@ class CNN(nn.Module):
         h = x.unsqueeze(-1)  # (B, L, 1): channels last
         for conv in self.convs:
             k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-            patches = _Im2col.apply(h, k, stride, pad)  # (B, L_out, k, C_in)
+            patches = Im2col.apply(h, k, stride, pad)  # (B, L_out, k, C_in)
             B, L_out = patches.shape[:2]
             w = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, -1).t()  # (k * C_in, C_out)
             h = self.act(torch.addmm(conv.bias, patches.reshape(B * L_out, -1), w)).view(B, L_out, -1)
         return self.out(h.transpose(1, 2).flatten(1))  # original (B, C, L_out) flatten -> (B, 10)
 
 
-class _Im2col(torch.autograd.Function):
-    """(B, L, C) channels last -> zero-padded sliding windows (B, L_out, k, C), contiguous.
+class Im2col(torch.autograd.Function):
+    """(..., L, C) channels last -> zero-padded sliding windows (..., L_out, k, C), contiguous.
 
-    Forward is pad + one copy of the unfold view ((k, C) order copies 3x faster than (C, k)); the
-    backward adds the k strided slices back (col2im): autograd's unfold_backward took ~0.9 ms of a
-    ~4 ms CNN step (20 %) on these shapes.
+    Used by the CNN here and by the stacked CNN (batched_models). Forward is pad + one copy of the
+    unfold view ((k, C) order copies 3x faster than (C, k)); the backward adds the k strided slices
+    back (col2im): autograd's unfold_backward took ~0.9 ms of a ~4 ms CNN step (20 %) on these shapes.
     """
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
         hp = F.pad(h, (0, 0, pad, pad))
-        out = hp.unfold(1, k, stride).transpose(-1, -2).contiguous()
-        ctx.shape, ctx.args = hp.shape, (k, stride, pad, out.shape[1])
+        out = hp.unfold(-2, k, stride).transpose(-1, -2).contiguous()
+        ctx.shape, ctx.args = hp.shape, (k, stride, pad, out.shape[-3])
         return out
 
     @staticmethod
@@ -126,8 +126,8 @@ class _Im2col(torch.autograd.Function):
         span = stride * (L_out - 1) + 1
         grad = g.new_zeros(ctx.shape)
         for j in range(k):
-            grad[:, j:j + span:stride] += g[:, :, j]
-        return grad[:, pad:grad.shape[1] - pad], None, None, None
+            grad[..., j:j + span:stride, :] += g[..., j, :]
+        return grad[..., pad:ctx.shape[-2] - pad, :], None, None, None
 
 
 class GRU(nn.Module):

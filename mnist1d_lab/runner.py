@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from . import experiments, paths, records
+from . import experiments, paths, protocol, records
 from .errors import ConfigError
 from .models import model_kwargs
+from .train import TRAIN_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -161,21 +162,24 @@ def execute_group(cfgs: list[DictConfig], out_dirs: list[Path], workers: int = 1
     first = cfgs[todo[0]]
     device, threads = resolve_device(first.device), setup_torch(first, workers)
     log.info("training %d runs as one batched program (%s)", len(todo), first.model.name)
-    start, results, error = time.perf_counter(), None, None
-    try:
-        data = load(first.data, device=device)
-        results = batched.train_batched([cfgs[i].model for i in todo], [cfgs[i].seed for i in todo], data,
-                                        first.train, progress=first.progress, device=device,
-                                        memory_budget_mb=memory_budget_mb)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        log.error("batched group failed: %s\n%s", error, traceback.format_exc())
-        if first.stop_on_error:
+    data = load(first.data, device=device)
+    n_train = protocol.split_sizes({**TRAIN_DEFAULTS, **first.train}, data.n_train)[0]
+    stacks = batched.plan_groups([cfgs[i].model for i in todo], n_train, memory_budget_mb or math.inf,
+                                 int(first.train.batch_size))
+    for stack in ([todo[j] for j in s] for s in stacks):  # records are written as each stack finishes
+        start, results, error = time.perf_counter(), None, None
+        try:
+            results = batched.train_batched([cfgs[i].model for i in stack], [cfgs[i].seed for i in stack],
+                                            data, first.train, progress=first.progress, device=device)
+        except ConfigError:
             raise
-    wall = (time.perf_counter() - start) / len(todo)  # the group's wall time, shared equally
-    for j, i in enumerate(todo):
-        summaries[i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None, error, wall,
-                              device, threads)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("batched stack failed: %s\n%s", error, traceback.format_exc())
+            if first.stop_on_error:
+                raise
+        wall = (time.perf_counter() - start) / len(stack)  # the stack's wall time, shared equally
+        for j, i in enumerate(stack):
+            summaries[i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None, error, wall,
+                                  device, threads)
     return summaries
