@@ -29,9 +29,10 @@ KEYS = ["model.name", "data.shuffle_seq"]
 
 
 def _extra_keys(table: pd.DataFrame) -> list[str]:
-    """Config columns besides model and shuffling that vary across runs (e.g. model.width)."""
+    """Config columns that vary between runs of one model and data variant (e.g. model.width), seeds aside."""
     cfg_cols = [c for c in table.columns if "." in c and not c.startswith(("paths.", "final_", "best_"))]
-    return [c for c in cfg_cols if c not in KEYS and table[c].astype(str).nunique() > 1]
+    varies = table.groupby(KEYS)[cfg_cols].nunique(dropna=False).max() if cfg_cols else pd.Series(dtype=int)
+    return [c for c in cfg_cols if c not in KEYS and varies.get(c, 1) > 1]
 
 
 def table1(table: pd.DataFrame) -> pd.DataFrame:
