@@ -34,14 +34,14 @@ RESULT_NEUTRAL_KEYS = ("paths", "force", "progress", "num_threads", "stop_on_err
 DONE_STATUSES = ("complete", "diverged")  # finished records; `failed` ones are retried
 
 
-def _plain(cfg: Mapping | DictConfig) -> dict:
+def to_plain(cfg: Mapping | DictConfig) -> dict:
     """A deep, resolved, plain-dict copy of a config."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(dict(cfg))
 
 
 def run_key(cfg: Mapping | DictConfig) -> str:
     """A short hash of everything in the resolved config that can change the result."""
-    body = _plain(cfg)
+    body = to_plain(cfg)
     for key in RESULT_NEUTRAL_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = body.get(parent, {}) if parent else body
@@ -67,7 +67,7 @@ def write_record(folder: Path, cfg: Mapping | DictConfig, summary: dict, curves:
                  env: dict) -> None:
     """Write the four record files into `folder`, summary last."""
     folder = Path(folder)
-    write_atomic(folder / paths.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(_plain(cfg))))
+    write_atomic(folder / paths.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))
     if curves is not None:
         write_atomic(folder / paths.CURVES_FILE, curves.to_csv(index=False))
     write_atomic(folder / paths.ENV_FILE, json.dumps(env, indent=2, default=str))

@@ -89,12 +89,15 @@ def finish(cfg: DictConfig, out_dir: Path, result, error: str | None, wall: floa
 
 
 def lookup(cfg: DictConfig, out_dir: Path) -> dict | None:
-    """If the store holds a finished record for cfg (and not force), copy it to out_dir and return it."""
+    """If the store holds a finished record for cfg (and not force), copy it to out_dir, log the skip
+    and return its summary marked `skipped`; else None."""
     store = paths.store_dir(cfg.paths.output_dir) / records.run_key(cfg)
     if cfg.force or not records.is_done(store):
         return None
     records.copy_record(store, out_dir)
-    return records.read_summary(out_dir)
+    summary = records.read_summary(out_dir)
+    log.info("skipped: complete record %s in the store", summary["run_key"])
+    return {**summary, "skipped": True}
 
 
 def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
@@ -107,8 +110,7 @@ def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
     out_dir = Path(out_dir)
     found = lookup(cfg, out_dir)
     if found is not None:
-        log.info("skipped: complete record %s in the store", found["run_key"])
-        return {**found, "skipped": True}
+        return found
     device, threads = resolve_device(cfg.device), setup_torch(cfg, workers)
     start, result, error = time.perf_counter(), None, None
     try:
@@ -128,7 +130,7 @@ def group_key(cfg: DictConfig) -> str:
     """Runs with equal group keys differ only in what the batched trainer can stack (seed, width)."""
     from .batched_models import WIDTH_KEY
 
-    plain = records._plain(cfg)
+    plain = records.to_plain(cfg)
     plain.pop("seed", None)
     plain["model"] = {k: v for k, v in plain["model"].items() if k != WIDTH_KEY.get(plain["model"].get("name"))}
     return records.run_key(plain)
@@ -147,10 +149,6 @@ def execute_group(cfgs: list[DictConfig], out_dirs: list[Path], workers: int = 1
     for cfg in cfgs:
         validate(cfg)
     summaries: list[dict | None] = [lookup(c, Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)]
-    for s in summaries:
-        if s is not None:
-            s["skipped"] = True
-            log.info("skipped: complete record %s in the store", s["run_key"])
     todo = [i for i, s in enumerate(summaries) if s is None]
     ok, reason = batched.can_batch([cfgs[i].model for i in todo], cfgs[todo[0]].train) if todo else (False, "")
     if len(todo) < 2 or not ok:
