@@ -297,15 +297,4 @@ def _freeze(model: StackedModel, optimizer: torch.optim.Optimizer, k: int) -> No
             model.member_view(name, t, k).zero_()
 
 
-def sequential_fallback(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg: Mapping,
-                        progress: bool = True, device: str | torch.device | None = None
-                        ) -> list[protocol.TrainResult]:
-    """One train.train run per member (what a launcher does when can_batch says no, e.g. for the GRU)."""
-    from .train import train
-
-    return [train(models.build_model(c, s, data.x.shape[1]), data, cfg, s, progress=progress, device=device)
-            for c, s in zip(model_cfgs, seeds, strict=True)]
-
-
-__all__ = ["batch_key", "can_batch", "estimate_memory_mb", "plan_groups", "train_batched",
-           "sequential_fallback", "StackedModel"]
+__all__ = ["batch_key", "can_batch", "estimate_memory_mb", "plan_groups", "train_batched", "StackedModel"]
