@@ -36,7 +36,7 @@ def register_plugins() -> None:
     from hydra.core.plugins import Plugins
 
     plugins = Plugins.instance()  # runs Hydra's scan once
-    for module, name in (("batched_launcher", "BatchedLauncher"), ("grids_sweeper", "GridsSweeper")):
+    for module, name in (("batched_launcher", "BatchedLauncher"), ("lab_sweeper", "LabSweeper")):
         path = f"hydra_plugins.mnist1d_lab_launcher.{module}"
         if f"{path}.{name}" not in plugins.class_name_to_class:
             plugins.register(getattr(importlib.import_module(path), name))

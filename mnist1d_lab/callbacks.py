@@ -47,27 +47,35 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         sweep.mkdir(parents=True, exist_ok=True)
-        total = count_jobs(config.hydra.overrides.task, config.hydra.sweeper.get("params"))
-        (sweep / TOTAL_FILE).write_text(json.dumps({"total": total, "start": time.time()}))
+        set_total(sweep, count_jobs(config.hydra.overrides.task, config.hydra.sweeper.get("params")))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         if not (sweep / TOTAL_FILE).is_file():
             return  # a single run, not a sweep
         ret = job_return.return_value if isinstance(getattr(job_return, "return_value", None), dict) else {}
-        status = "skipped" if ret.get("skipped") else ret.get("status", "failed")
-        line = json.dumps({"status": status, "t": time.time()}) + "\n"
-        fd = os.open(sweep / PROGRESS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        try:
-            os.write(fd, line.encode())  # one small O_APPEND write: atomic between processes
-        finally:
-            os.close(fd)
+        count_job(sweep, "skipped" if ret.get("skipped") else ret.get("status", "failed"))
         log.info(progress_line(sweep))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from .collect import collect_sweep
 
         collect_sweep(Path(config.hydra.sweep.dir), config.get("experiment_name"))
+
+
+def set_total(sweep: Path, total: int | None) -> None:
+    """Record how many jobs the sweep has (the lab's sweepers know it exactly; others are counted)."""
+    (sweep / TOTAL_FILE).write_text(json.dumps({"total": total, "start": time.time()}))
+
+
+def count_job(sweep: Path, status: str) -> None:
+    """Add one finished job (complete, diverged, failed or skipped) to the sweep's progress file."""
+    line = json.dumps({"status": status, "t": time.time()}) + "\n"
+    fd = os.open(sweep / PROGRESS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, line.encode())  # one small O_APPEND write: atomic between processes
+    finally:
+        os.close(fd)
 
 
 def progress_line(sweep: Path) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from . import paths
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 RESULT_NEUTRAL_KEYS = ("paths", "force", "progress", "num_threads", "stop_on_error", "device", "hydra",
                        "data.cache", "data.cache_dir")
 DONE_STATUSES = ("complete", "diverged")  # finished records; `failed` ones are retried
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~15x faster than OmegaConf.load
 
 
 def to_plain(cfg: Mapping | DictConfig) -> dict:
@@ -171,8 +173,8 @@ def collect(root: Path) -> pd.DataFrame:
             log.warning("skipping unreadable record %s", folder)
             continue
         try:
-            cfg = OmegaConf.to_container(OmegaConf.load(folder / paths.CONFIG_FILE))
-        except (OSError, ValueError):
+            cfg = yaml.load((folder / paths.CONFIG_FILE).read_text(), Loader=_YAML_LOADER) or {}
+        except (OSError, ValueError, yaml.YAMLError):
             cfg = {}
         row = {**flatten(cfg), **summary, "record_dir": str(folder)}
         rows[summary.get("run_key", str(folder))] = row

@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from hydra_plugins.mnist1d_lab_launcher.grids_sweeper import expand_grids
+from hydra_plugins.mnist1d_lab_launcher.grids import expand_grids
 from mnist1d_lab.__main__ import register_plugins
 from mnist1d_lab.experiments import double_descent as dd
 from mnist1d_lab.protocol import apply_label_noise

@@ -13,6 +13,7 @@ import time
 import pandas as pd
 import pytest
 from helpers import TINY, lab_env, run_lab, summaries, sweep_dirs
+from omegaconf import OmegaConf
 
 from mnist1d_lab import records
 from mnist1d_lab.callbacks import count_jobs
@@ -160,3 +161,54 @@ def test_collect_reports_failed_runs(tmp_path):
     (tmp_path / "2" / "summary.json").write_text("{truncated")  # a half-written record is ignored
     table = collect_sweep(tmp_path, summarize=False)
     assert sorted(table["status"]) == ["complete", "failed"] and (tmp_path / "results.csv").is_file()
+
+
+@pytest.mark.parametrize(("sweep_overrides", "bad"), [
+    (["model=mlp", "model.width=7", "seed=3"], False),
+    (["experiment=double_descent", "model=cnn", "model.channels=5", "train.label_noise=0.15"], False),
+    (["data.shear_scale=0.75", "data.corr_noise_scale=0.25", "+tag=x"], False),
+    (["model.width=3"], True),  # not a key of the default model (cnn): Hydra's error, via the fallback
+])
+def test_cached_composition_equals_hydras(sweep_overrides, bad):
+    """The lab sweeper's ComposeCache gives the config Hydra composes from scratch, key for key."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+
+    from hydra_plugins.mnist1d_lab_launcher.compose_cache import ComposeCache
+    from mnist1d_lab.__main__ import register_plugins
+
+    register_plugins()
+    with initialize_config_module("mnist1d_lab.conf", version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"],
+                                           RunMode.MULTIRUN)
+        cache = ComposeCache(loader)
+        for _ in range(2):  # the second call is served from the cache
+            if bad:
+                with pytest.raises(ConfigCompositionException):
+                    loader.load_sweep_config(master, sweep_overrides)
+                with pytest.raises(ConfigCompositionException):
+                    cache.load_sweep_config(master, sweep_overrides)
+                with pytest.raises(ConfigCompositionException):
+                    cache.task_config(master, sweep_overrides)
+                return
+            full = loader.load_sweep_config(master, sweep_overrides)
+            assert OmegaConf.to_yaml(cache.load_sweep_config(master, sweep_overrides)) == OmegaConf.to_yaml(full)
+            task = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
+            assert OmegaConf.to_yaml(cache.task_config(master, sweep_overrides)) == OmegaConf.to_yaml(task)
+        assert len(cache._bases) == 1  # composed once
+
+
+def test_finished_jobs_are_skipped_before_launch_keeping_job_numbers(tmp_path):
+    run_lab(tmp_path, "-m", "model=logistic", "seed=1", *TINY)
+    proc = run_lab(tmp_path, "-m", "model=logistic", "seed=0,1,2", *TINY)
+    out = proc.stdout + proc.stderr
+    assert out.count("skipped: complete record") == 1 and "3/3 runs done (1 skipped" in out
+    second = sweep_dirs(tmp_path)[-1]
+    assert not (second / "1" / ".hydra").exists() and (second / "0" / ".hydra").is_dir()  # #1 never launched
+    table = records.collect(second)
+    assert sorted(table["seed"]) == [0, 1, 2] and set(table["status"]) == {"complete"}
+    nums = {d.name: OmegaConf.load(d / "config.yaml").seed for d in second.iterdir() if d.is_dir()}
+    assert nums == {"0": 0, "1": 1, "2": 2}  # job numbers are the sweep's order, skipped or not

@@ -40,6 +40,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="batched", node=Batche
 class BatchedLauncher(Launcher):
     """Groups batchable jobs and trains each group at once; Hydra bookkeeping per job as usual."""
 
+    takes_job_nums = True  # the lab sweeper may pass explicit job numbers (skipped jobs leave gaps)
+
     def __init__(self, memory_budget_mb: int = 2048) -> None:
         self.memory_budget_mb = memory_budget_mb
         self.config: DictConfig | None = None
@@ -56,13 +58,15 @@ class BatchedLauncher(Launcher):
             cfg.hydra.job.num = idx
         return cfg
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+               job_nums: Sequence[int] | None = None) -> Sequence[JobReturn]:
         from mnist1d_lab import runner
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = [self._job_config(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        nums = job_nums or range(initial_job_idx, initial_job_idx + len(job_overrides))
+        configs = [self._job_config(o, num) for o, num in zip(job_overrides, nums, strict=True)]
         groups: dict[str, list[int]] = {}
         for i, cfg in enumerate(configs):
             task = _task_part(cfg)
