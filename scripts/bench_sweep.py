@@ -1,6 +1,6 @@
 """Sweep benchmarks: the lab's per-run overhead in a multirun, and joblib vs the basic launcher.
 
-    python scripts/bench_sweep.py            # ~3 min on 2 cores
+    python scripts/bench_sweep.py            # ~8 min on 2 cores
     python scripts/bench_sweep.py --quick
 
 1. Overhead (basic launcher, 1 training step per run): sweeps of N1 and N2 runs are timed end to end;
@@ -64,18 +64,43 @@ def overhead(n1: int, n2: int, repeats: int = 3) -> tuple[float, float]:
         return (runs[n2] - runs[n1]) / (n2 - n1), (skips[n2] - skips[n1]) / (n2 - n1)
 
 
-def parallel(steps: int) -> float:
-    """Speedup of joblib (2 workers) over the basic launcher on an 8-run CPU-bound sweep."""
+def parallel(steps: int, repeats: int = 3) -> float:
+    """Speedup of joblib (2 workers) over the basic launcher on an 8-run CPU-bound sweep.
+
+    The two launchers alternate `repeats` times and each keeps its fastest time: this VM's second core
+    varies with what else runs on the host: single pairs of runs read 1.24x and 1.91x within minutes.
+    """
     args = ["model=mlp", "seed=range(0,8)", f"train.steps={steps}", "progress=false"]
-    times = {}
-    for name, extra in (("basic", []), ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"])):
-        with tempfile.TemporaryDirectory() as d:
-            sweep(Path(d), ["seed=1000", "model=logistic", "train.steps=1", "progress=false"])  # warm cache
-            times[name] = sweep(Path(d), [*args, *extra])
-        print(f"8 MLP runs x {steps} steps (paper protocol), {name}: {times[name]:.1f} s")
-    ratio = times["basic"] / times["joblib"]
+    launchers = (("basic", []), ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]))
+    times: dict[str, list[float]] = {name: [] for name, _ in launchers}
+    for _ in range(repeats):
+        for name, extra in launchers:
+            with tempfile.TemporaryDirectory() as d:
+                sweep(Path(d), ["seed=1000", "model=logistic", "train.steps=1", "progress=false"])  # warm cache
+                times[name].append(sweep(Path(d), [*args, *extra]))
+    for name, ts in times.items():
+        print(f"8 MLP runs x {steps} steps (paper protocol), {name}: {min(ts):.1f} s "
+              f"(fastest of {repeats}: {', '.join(f'{t:.1f}' for t in ts)})")
+    ratio = min(times["basic"]) / min(times["joblib"])
     print(f"joblib (2 workers) speedup over basic: {ratio:.2f}x")
     return ratio
+
+
+SPIN = "x = 0\nfor i in range(20_000_000): x += i * i"
+
+
+def machine_parallelism() -> float:
+    """Throughput of two concurrent pure-Python processes over one: the ceiling for any 2-worker speedup here."""
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(n)]
+        for p in procs:
+            p.wait()
+        return time.perf_counter() - start
+    one, two = run(1), run(2)
+    print(f"machine check: one pure-Python process {one:.2f} s, two at once {two:.2f} s: "
+          f"{2 * one / two:.2f}x throughput (2.00x = two independent cores)")
+    return 2 * one / two
 
 
 def main() -> None:
@@ -84,6 +109,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sweeps")
     args = ap.parse_args()
     n1, n2, steps = (5, 25, 1500) if args.quick else (5, 65, 6000)
+    machine_parallelism()
     parallel(steps)
     per_run, per_skip = overhead(n1, n2)
     print(f"sweep overhead: {per_run:.3f}/run, skip: {per_skip:.3f}/run")

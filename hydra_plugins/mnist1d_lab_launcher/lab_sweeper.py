@@ -4,7 +4,6 @@ Same sweep syntax and job order as the basic sweeper. Three differences:
 
   * `hydra.sweeper.grids` (optional) makes the sweep a union of cartesian grids instead of one
     product (Figure 4: MLP widths and CNN channels in one sweep); see grids.py;
-
   * job configs are composed through `ComposeCache` (once per config-group choice, not once per job,
     and not twice: validation and the launcher share the cache in this process);
   * jobs whose record is already complete in the result store (and `force=false`) are skipped here,
@@ -12,7 +11,8 @@ Same sweep syntax and job order as the basic sweeper. Three differences:
     files since nothing ran), the skip is logged and counted in the sweep's progress. Only the other
     jobs are launched, keeping their job numbers.
 
-Measured with `python scripts/bench_sweep.py`: see docs/sweeps.md.
+`python scripts/bench_sweep.py` measures the per-run and per-skip overhead (README, "Sweeps that never
+lose work"): 0.10-0.15 s and 0.008-0.015 s here, against 0.37 and 0.46 s with Hydra's basic sweeper.
 """
 
 import logging
