@@ -104,7 +104,7 @@ def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
     """Run one job end to end and return its summary (status: complete, diverged, failed or skipped).
 
     Raises ConfigError for bad input (before any work where possible). Other exceptions are recorded
-    as `failed` and swallowed, unless cfg.stop_on_error.
+    as `failed` and swallowed; with cfg.stop_on_error the record is written and then RuntimeError raised.
     """
     validate(cfg)
     out_dir = Path(out_dir)
@@ -112,18 +112,31 @@ def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
     if found is not None:
         return found
     device, threads = resolve_device(cfg.device), setup_torch(cfg, workers)
-    start, result, error = time.perf_counter(), None, None
+    start = time.perf_counter()
+    experiment = experiments.get(cfg.experiment_name)
+    result, error = _attempt(lambda: experiment.run(cfg, device=device, progress=cfg.progress), "run")
+    summary = finish(cfg, out_dir, result, error, time.perf_counter() - start, device, threads)
+    _stop_if_asked(cfg, error)
+    return summary
+
+
+def _attempt(fn, what: str) -> tuple:
+    """(fn(), None), or (None, error text) when fn raised (logged with its traceback). Bad input
+    (ConfigError) is not a failed run: it propagates."""
     try:
-        result = experiments.get(cfg.experiment_name).run(cfg, device=device, progress=cfg.progress)
+        return fn(), None
     except ConfigError:
         raise
     except Exception as exc:  # a failed run is recorded, and the sweep carries on
         error = f"{type(exc).__name__}: {exc}"
-        log.error("run failed: %s\n%s", error, traceback.format_exc())
-        if cfg.stop_on_error:
-            finish(cfg, out_dir, None, error, time.perf_counter() - start, device, threads)
-            raise
-    return finish(cfg, out_dir, result, error, time.perf_counter() - start, device, threads)
+        log.error("%s failed: %s\n%s", what, error, traceback.format_exc())
+        return None, error
+
+
+def _stop_if_asked(cfg: DictConfig, error: str | None) -> None:
+    """With stop_on_error=true, a failed run (already recorded) stops the sweep."""
+    if error and cfg.stop_on_error:
+        raise RuntimeError(f"stopping the sweep (stop_on_error=true): {error}")
 
 
 def group_key(cfg: DictConfig) -> str:
@@ -165,19 +178,13 @@ def execute_group(cfgs: list[DictConfig], out_dirs: list[Path], workers: int = 1
     stacks = batched.plan_groups([cfgs[i].model for i in todo], n_train, memory_budget_mb or math.inf,
                                  int(first.train.batch_size))
     for stack in ([todo[j] for j in s] for s in stacks):  # records are written as each stack finishes
-        start, results, error = time.perf_counter(), None, None
-        try:
-            results = batched.train_batched([cfgs[i].model for i in stack], [cfgs[i].seed for i in stack],
-                                            data, first.train, progress=first.progress, device=device)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.error("batched stack failed: %s\n%s", error, traceback.format_exc())
-            if first.stop_on_error:
-                raise
+        start = time.perf_counter()
+        results, error = _attempt(lambda stack=stack: batched.train_batched(
+            [cfgs[i].model for i in stack], [cfgs[i].seed for i in stack], data, first.train,
+            progress=first.progress, device=device), "batched stack")
         wall = (time.perf_counter() - start) / len(stack)  # the stack's wall time, shared equally
         for j, i in enumerate(stack):
             summaries[i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None, error, wall,
                                   device, threads)
+        _stop_if_asked(first, error)
     return summaries

@@ -118,6 +118,36 @@ def test_failed_run_is_recorded_and_not_stored(tmp_path, monkeypatch):
     assert not (tmp_path / "store").exists()  # failed runs are retried next time
 
 
+def test_stop_on_error_records_the_failure_then_stops(tmp_path, monkeypatch):
+    from mnist1d_lab.experiments import train as train_exp
+
+    monkeypatch.setattr(train_exp, "run", lambda *a, **k: 1 / 0)
+    cfg = compose_cfg(*TINY, "stop_on_error=true", f"paths.output_dir={tmp_path}", f"data.cache_dir={tmp_path / 'c'}")
+    with pytest.raises(RuntimeError, match="stop_on_error=true.*ZeroDivisionError"):
+        runner.execute(cfg, tmp_path / "job")
+    assert records.read_summary(tmp_path / "job")["status"] == "failed"
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_failed_batched_stack_is_recorded_for_every_member(tmp_path, monkeypatch, stop):
+    from mnist1d_lab import batched
+
+    def boom(*a, **k):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(batched, "train_batched", boom)
+    cfgs = [compose_cfg(*TINY, "model=mlp", f"seed={s}", f"stop_on_error={stop}", f"paths.output_dir={tmp_path}",
+                        f"data.cache_dir={tmp_path / 'c'}") for s in (0, 1)]
+    dirs = [tmp_path / "0", tmp_path / "1"]
+    if stop:
+        with pytest.raises(RuntimeError, match="MemoryError: simulated"):
+            runner.execute_group(cfgs, dirs)
+    else:
+        assert [s["status"] for s in runner.execute_group(cfgs, dirs)] == ["failed", "failed"]
+    assert [records.read_summary(d)["error"] for d in dirs] == ["MemoryError: simulated"] * 2
+    assert not (tmp_path / "store").exists()
+
+
 def test_diverged_run_is_recorded(tmp_path):
     cfg = compose_cfg(*TINY, "model=mlp", "train.lr=1e9", "train.optimizer=sgd", f"paths.output_dir={tmp_path}",
                       f"data.cache_dir={tmp_path / 'cache'}")
