@@ -7,6 +7,7 @@ drawn from a private generator seeded by `seed`, so building a model never touch
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 import torch
@@ -166,14 +167,18 @@ def model_kwargs(cfg: Mapping) -> dict:
     return kwargs
 
 
+_BUILD_LOCK = threading.Lock()  # the global RNG is process-wide: one seeded build at a time
+
+
 def build_model(cfg: Mapping, seed: int, input_len: int = 40, num_classes: int = 10) -> nn.Module:
     """Build the model named by `cfg.name` with PyTorch's default init drawn under `seed`.
 
     The global RNG is forked, seeded and restored, so the caller's RNG state is untouched and the same
-    (cfg, seed) always gives the same weights, whatever ran before.
+    (cfg, seed) always gives the same weights, whatever ran before, and a lock keeps builds in other
+    threads (batched parts trained side by side) from drawing in between.
     """
     kwargs = model_kwargs(cfg)
-    with torch.random.fork_rng(devices=[]):
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MODELS[cfg["name"]](**kwargs, input_len=input_len, num_classes=num_classes)
 

@@ -182,3 +182,22 @@ def test_wide_width_range_is_split_without_a_budget(random_data):
     assert set(calls) == {3}
     for a, b in zip(split, one, strict=True):
         np.testing.assert_allclose(a.curves.to_numpy(float), b.curves.to_numpy(float), rtol=1e-10)
+
+
+def test_large_stacks_train_as_parts_side_by_side_with_the_same_results(random_data, monkeypatch):
+    """With 2 torch threads a stack of 16 trains as two interleaved parts of 8 in two Python threads;
+    every member's curve equals the one-stack run (float64)."""
+    cfg = {"steps": 12, "eval_every": 4, "batch_size": 50}
+    cfgs, seeds = _member_cfgs("mlp", [4 + (k % 5) for k in range(16)]), list(range(16))
+    assert batched._spread(list(range(16)), 2) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
+    assert batched._spread(list(range(3)), 2) == [[0, 1, 2]]  # parts would be < MIN_SPLIT: one stack
+    assert batched._spread(list(range(9)), 1) == [list(range(9))]  # one torch thread: one stack
+    seen = []
+    inner = batched._train_group
+    monkeypatch.setattr(batched, "_train_group", lambda c, s, *a: seen.append(len(s)) or inner(c, s, *a))
+    one = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False)
+    torch.set_num_threads(2)
+    two = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False)
+    assert seen == [16, 8, 8] and torch.get_num_threads() == 2  # the thread count is restored
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(a.curves.to_numpy(float), b.curves.to_numpy(float), rtol=1e-10)
