@@ -80,9 +80,13 @@ def main() -> None:
                     help="torch threads for the batched side only (default: --threads). One small model gains "
                          "nothing from a second thread (speed-notes §5); a stack of 32 can use both cores")
     ap.add_argument("--single-sample", type=int, default=4, help="members timed one at a time per case")
+    ap.add_argument("--min-split", type=int, default=batched.MIN_SPLIT,
+                    help="batched.MIN_SPLIT: smallest part of a stack trained side by side on several threads "
+                         "(a huge value keeps every stack whole, for an A/B)")
     ap.add_argument("--cases", default="mlp8,mlp32,mlp128,cnn32,widths64")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    batched.MIN_SPLIT = args.min_split
     data = load_data()
     cfg = {"steps": args.steps, "eval_every": args.eval_every}
     print(f"torch {torch.__version__}, {args.threads} thread(s) one at a time, "
