@@ -2,7 +2,8 @@
 
 Defaults reproduce the original `notebooks/models.py` exactly (parameter counts 410, 15,210, 5,210,
 5,134). Every model maps (B, L) float inputs to (B, 10) logits. Initialisation is PyTorch's default,
-drawn from a private generator seeded by `seed`, so building a model never touches global RNG state.
+drawn under `seed` inside a forked (saved and restored) global RNG, so building a model leaves the
+caller's RNG state as it was (`build_model`).
 """
 
 from __future__ import annotations
