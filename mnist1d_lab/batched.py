@@ -227,7 +227,7 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
 
 
 MAX_WORKERS = 16  # parts of one stack trained side by side at most (one torch thread each)
-MIN_SPLIT = 2     # a stack is split only into parts of at least this many members
+MIN_SPLIT = 8     # a stack is split only into parts of at least this many members
 
 
 def _spread(group: list[int], workers: int) -> list[list[int]]:
@@ -236,11 +236,12 @@ def _spread(group: list[int], workers: int) -> list[list[int]]:
 
     Why: MKL's bmm at these shapes (e.g. 32 x (100 x 100 @ 100 x 100)) gains nothing from a second
     thread here, so one stack on two torch threads leaves a core mostly idle. On 2 cores, two parts in
-    two Python threads (ops release the GIL) trained 32 paper MLPs ~10 % faster, 32 CNNs 1 % and 21 %
-    (two repeats), double-descent CNN stacks of 4-9 members 10-15 %; 3 CNNs of 90-100 channels gained
-    nothing (so parts have at least MIN_SPLIT members). The parts together hold what the stack held,
-    so memory stays within the stack's budget. Members never mix, so each member trains as it would
-    in any stack (float32 summation order aside, as between thread counts).
+    two Python threads (ops release the GIL) trained 32 paper MLPs ~10 % faster and 32 CNNs 1 % and
+    21 % faster (two repeats). Small stacks are left whole (MIN_SPLIT): in a double-descent re-run
+    with parts of 2-5 CNNs, those stacks were not faster (176-320 s against 166-283 s whole).
+    The parts together hold what the stack held, so memory stays within the stack's budget. Members
+    never mix, so each member trains as it would in any stack (float32 summation order aside, as
+    between thread counts).
     """
     n = max(1, min(workers, len(group) // MIN_SPLIT))
     return [list(group[i::n]) for i in range(n)]
