@@ -178,15 +178,17 @@ def _stack_same(ts: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg: Mapping,
                   progress: bool = True, device: str | torch.device | None = None, hook: Hook | None = None,
-                  memory_budget_mb: float | None = None, dtype: torch.dtype | None = None
-                  ) -> list[protocol.TrainResult]:
+                  memory_budget_mb: float | None = None, dtype: torch.dtype | None = None,
+                  plan: bool = True) -> list[protocol.TrainResult]:
     """Train member k = (model_cfgs[k], seeds[k]) as train.train would, all at once; one TrainResult each.
 
     `hook(step, stacked_model, optimizer)` runs after every update. Members are split by plan_groups
     (width buckets: padding width 1 to 64 costs more than a second stack) and the groups run one after
     another; within `memory_budget_mb` if given. On CPU with several torch threads and no hook, a
     stack of 2 * MIN_SPLIT or more members trains as parts side by side (`_spread`). With a hook and no
-    budget they stay one stack, so the hook sees every member. `dtype` defaults to data.x's.
+    budget they stay one stack, so the hook sees every member; with `plan=False` too (the caller
+    planned the stacks: `runner.execute_group` writes records stack by stack). `dtype` defaults to
+    data.x's.
     """
     if len(model_cfgs) != len(seeds):
         raise ValueError(f"{len(model_cfgs)} model configs but {len(seeds)} seeds")
@@ -197,8 +199,8 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     validate_train(cfg, len(data.x))
     n_train = protocol.split_sizes(cfg, len(data.x))[0]
     budget = math.inf if memory_budget_mb is None else memory_budget_mb
-    groups = plan_groups(model_cfgs, n_train, budget, int(cfg["batch_size"]))
-    if len(groups) == 1 or (memory_budget_mb is None and hook is not None):
+    groups = plan_groups(model_cfgs, n_train, budget, int(cfg["batch_size"])) if plan else []
+    if len(groups) <= 1 or (memory_budget_mb is None and hook is not None):
         groups = [list(range(len(model_cfgs)))]  # with a hook and no budget: one stack, the hook sees all
     workers = 1 if hook is not None or not str(device or data.x.device).startswith("cpu") else \
         min(torch.get_num_threads(), MAX_WORKERS)

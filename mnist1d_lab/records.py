@@ -99,6 +99,20 @@ def copy_record(src: Path, dst: Path) -> None:
             write_atomic(Path(dst) / name, (Path(src) / name).read_text())
 
 
+def finished(cfg: Mapping | DictConfig) -> Path | None:
+    """The store folder holding cfg's finished record, or None (also None with cfg.force)."""
+    if cfg.get("force"):
+        return None
+    store = paths.store_dir(cfg["paths"]["output_dir"]) / run_key(cfg)
+    return store if is_done(store) else None
+
+
+def reuse(store: Path, out_dir: Path) -> dict:
+    """Copy a finished record from the store into out_dir; its summary, marked `skipped`."""
+    copy_record(store, out_dir)
+    return {**read_summary(out_dir), "skipped": True}
+
+
 def file_into_store(folder: Path, store: Path) -> None:
     """Publish a finished record into the store as a whole folder (temp folder + rename)."""
     store.parent.mkdir(parents=True, exist_ok=True)

@@ -89,15 +89,14 @@ def finish(cfg: DictConfig, out_dir: Path, result, error: str | None, wall: floa
 
 
 def lookup(cfg: DictConfig, out_dir: Path) -> dict | None:
-    """If the store holds a finished record for cfg (and not force), copy it to out_dir, log the skip
-    and return its summary marked `skipped`; else None."""
-    store = paths.store_dir(cfg.paths.output_dir) / records.run_key(cfg)
-    if cfg.force or not records.is_done(store):
+    """If the store holds cfg's finished record (and not force): copy it to out_dir, log the skip and
+    return its summary marked `skipped`; else None."""
+    store = records.finished(cfg)
+    if store is None:
         return None
-    records.copy_record(store, out_dir)
-    summary = records.read_summary(out_dir)
+    summary = records.reuse(store, out_dir)
     log.info("skipped: complete record %s in the store", summary["run_key"])
-    return {**summary, "skipped": True}
+    return summary
 
 
 def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
@@ -181,7 +180,7 @@ def execute_group(cfgs: list[DictConfig], out_dirs: list[Path], workers: int = 1
         start = time.perf_counter()
         results, error = _attempt(lambda stack=stack: batched.train_batched(
             [cfgs[i].model for i in stack], [cfgs[i].seed for i in stack], data, first.train,
-            progress=first.progress, device=device), "batched stack")
+            progress=first.progress, device=device, plan=False), "batched stack")
         wall = (time.perf_counter() - start) / len(stack)  # the stack's wall time, shared equally
         for j, i in enumerate(stack):
             summaries[i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None, error, wall,

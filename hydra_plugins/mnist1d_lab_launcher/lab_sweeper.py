@@ -121,7 +121,7 @@ class LabSweeper(BasicSweeper):
         Also checks that the job composes (as the basic sweeper's `validate_batch_is_legal` does), on the
         task part only; the launcher composes the full config of the jobs that run.
         """
-        from mnist1d_lab import callbacks, paths, records
+        from mnist1d_lab import callbacks, records
 
         loader = self.hydra_context.config_loader
         try:
@@ -130,17 +130,14 @@ class LabSweeper(BasicSweeper):
             loader.load_sweep_config(self.config, list(overrides))
             return None
         try:
-            if task.get("force"):
-                return None
-            store = paths.store_dir(task.paths.output_dir) / records.run_key(task)
+            store = records.finished(task)
         except Exception:  # e.g. an interpolation that only resolves in the job: let the job report it
             return None
-        if not records.is_done(store):
+        if store is None:
             return None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         out_dir = sweep_dir / self._subdir(overrides, num)
-        records.copy_record(store, out_dir)
-        summary = {**records.read_summary(out_dir), "skipped": True}
+        summary = records.reuse(store, out_dir)
         log.info("#%d %s skipped: complete record %s in the store", num, " ".join(overrides), summary["run_key"])
         callbacks.count_job(sweep_dir, "skipped")
         ret = JobReturn(overrides=list(overrides), cfg=task, working_dir=str(out_dir), status=JobStatus.COMPLETED)
