@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from . import paths, runner
+from . import paths
 from .errors import ConfigError
 
 log = logging.getLogger("mnist1d_lab")
@@ -61,6 +61,8 @@ def check_group_choices(argv: list[str]) -> None:
 
 def _parallel_workers(hc) -> int:
     """How many jobs run at once under the configured launcher (for the default thread count)."""
+    from . import runner
+
     launcher = hc.launcher
     n = launcher.get("n_jobs") or launcher.get("tasks_per_node") or 1
     return int(n) if int(n) > 0 else runner.default_threads(1)
@@ -75,6 +77,8 @@ def _discard(out_dir: Path) -> None:
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")
 def main(cfg: DictConfig) -> dict:
     """Run one job (a Hydra multirun calls this once per job)."""
+    from . import runner  # torch: imported where a job runs; a launcher's parent (joblib's) never needs it
+
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:

@@ -9,16 +9,24 @@ Expected: CNN 92-94 % test accuracy (paper Table 1: 94 +- 2).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig
 
-from ..data import load
-from ..models import build_model, count_parameters
-from ..protocol import TrainResult
-from ..train import train
+if TYPE_CHECKING:
+    from ..protocol import TrainResult
 
 
 def run(cfg: DictConfig, device: str = "cpu", progress: bool = True) -> TrainResult:
-    """Load the data, build the model for cfg.seed, train it; the model is returned in the result."""
+    """Load the data, build the model for cfg.seed, train it; the model is returned in the result.
+
+    torch is imported here, not at module level: the experiment modules that re-export `run` are also
+    loaded by `collect` for their `summarize`, in a sweep's parent process that trains nothing.
+    """
+    from ..data import load
+    from ..models import build_model, count_parameters
+    from ..train import train
+
     data = load(cfg.data, device=device)
     model = build_model(cfg.model, cfg.seed, input_len=data.input_len)
     result = train(model, data, cfg.train, cfg.seed, progress=progress, device=device)
