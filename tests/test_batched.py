@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mnist1d_lab import batched, models, train
+from mnist1d_lab.batched_models import StackedHead
 from mnist1d_lab.errors import ConfigError
 
 
@@ -201,3 +202,11 @@ def test_large_stacks_train_as_parts_side_by_side_with_the_same_results(random_d
     assert seen == [16, 8, 8] and torch.get_num_threads() == 2  # the thread count is restored
     for a, b in zip(one, two, strict=True):
         np.testing.assert_allclose(a.curves.to_numpy(float), b.curves.to_numpy(float), rtol=1e-10)
+
+
+def test_stacked_head_is_the_plain_product_with_first_and_second_derivatives():
+    torch.manual_seed(0)
+    h, w, b = (torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((3, 5, 7), (3, 4, 7), (3, 4)))
+    torch.testing.assert_close(StackedHead.apply(h, w, b), h @ w.transpose(1, 2) + b.unsqueeze(1))
+    assert torch.autograd.gradcheck(StackedHead.apply, (h, w, b))
+    assert torch.autograd.gradgradcheck(StackedHead.apply, (h, w, b))
