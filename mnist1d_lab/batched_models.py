@@ -196,7 +196,7 @@ class StackedHead(torch.autograd.Function):
     0.24 ms. So logits = (w @ h^T)^T, dw = g^T @ h, dh = g @ w (contiguous, as the ReLU backward after
     it wants; autograd's own backward of that forward hands it a transposed gradient, which made the
     ReLU backward 3x slower). A K=32 MLP forward + backward on 1 thread, old and new interleaved in one
-    process: 9.9-12.9 ms -> 9.1-10.3 ms; whole train_batched runs differ by less than this VM's noise.
+    process: 9.9-12.9 ms -> 9.1-10.3 ms; bench_batched's 32 MLPs 3.2 s -> 2.5 and 3.0 s (docs/batched.md).
     The backward is made of differentiable ops, so double backward works.
     """
 
