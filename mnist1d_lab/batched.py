@@ -210,8 +210,8 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
         return group, _train_group([model_cfgs[i] for i in group], [seeds[i] for i in group], data, cfg,
                                    progress, device, hook, dtype)
 
-    for plan in groups:  # one after another; a large stack is split into parts trained side by side
-        parts = _spread(plan, workers)
+    for stack in groups:  # one after another; a large stack is split into parts trained side by side
+        parts = _spread(stack, workers)
         if len(parts) == 1:
             done = [run(parts[0])]
         else:
