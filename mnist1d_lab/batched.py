@@ -115,6 +115,28 @@ def _flops_per_example(cfg: Mapping, input_len: int = 40) -> float:
     return 5 * 19 * w + 3 * w * w * (10 + 5) + 5 * w * 10  # the paper's CNN layout: lengths 19, 10, 5
 
 
+def stack_cost(model_cfgs: Sequence[Mapping]) -> float:
+    """plan_groups' estimated time of one stack per step (relative units): overhead + padded members."""
+    return GROUP_OVERHEAD + len(model_cfgs) * max(_flops_per_example(c) for c in model_cfgs)
+
+
+SIDE_BY_SIDE = ("logistic", "mlp")  # families whose stacks train side by side (side_by_side)
+
+
+def side_by_side(name: str, threads: int, device: str | torch.device = "cpu") -> int:
+    """How many stacks of family `name` should train at once, each on one torch thread (Python threads).
+
+    MKL's bmm at MLP shapes gains little from a second thread (docs/batched.md), so on 2 cores two MLP
+    stacks on one thread each finish sooner than the same two one after the other on two threads:
+    1.38-1.54x for double-descent MLP stacks (4 repeats, 2,000 steps). CNN stacks' larger products do
+    use both threads (one thread each was 1.65-2x slower per stack; side by side 0.82-1.06x), so they
+    run one at a time on all threads. On CUDA, stacks run one at a time.
+    """
+    if name not in SIDE_BY_SIDE or not str(device).startswith("cpu"):
+        return 1
+    return max(1, min(threads, MAX_WORKERS))
+
+
 def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
                 batch_size: int = 100) -> list[list[int]]:
     """Split member indices into groups that fit `budget_mb` and minimise estimated time.
@@ -185,7 +207,7 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     `hook(step, stacked_model, optimizer)` runs after every update. Members are split by plan_groups
     (width buckets: padding width 1 to 64 costs more than a second stack) and the groups run one after
     another; within `memory_budget_mb` if given. On CPU with several torch threads and no hook, a
-    stack of 2 * MIN_SPLIT or more members trains as parts side by side (`_spread`). With a hook and no
+    stack of 2 * MIN_SPLIT or more members trains as parts side by side (`spread`). With a hook and no
     budget they stay one stack, so the hook sees every member; with `plan=False` too (the caller
     planned the stacks: `runner.execute_group` writes records stack by stack). `dtype` defaults to
     data.x's.
@@ -211,12 +233,12 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
                                    progress, device, hook, dtype)
 
     for stack in groups:  # one after another; a large stack is split into parts trained side by side
-        parts = _spread(stack, workers)
+        parts = spread(stack, workers)
         if len(parts) == 1:
             done = [run(parts[0])]
         else:
             threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # one torch thread per part (see _spread)
+            torch.set_num_threads(1)  # one torch thread per part (see spread)
             try:
                 with ThreadPoolExecutor(len(parts)) as pool:
                     done = list(pool.map(run, parts))
@@ -232,7 +254,7 @@ MAX_WORKERS = 16  # parts of one stack trained side by side at most (one torch t
 MIN_SPLIT = 8     # a stack is split only into parts of at least this many members
 
 
-def _spread(group: list[int], workers: int) -> list[list[int]]:
+def spread(group: list[int], workers: int) -> list[list[int]]:
     """Split a stack into up to `workers` interleaved parts (each keeps the width mix) of at least
     MIN_SPLIT members, to be trained side by side in Python threads with one torch thread each.
 
@@ -339,4 +361,5 @@ def _freeze(model: StackedModel, optimizer: torch.optim.Optimizer, k: int) -> No
             model.member_view(name, t, k).zero_()
 
 
-__all__ = ["batch_key", "can_batch", "estimate_memory_mb", "plan_groups", "train_batched", "StackedModel"]
+__all__ = ["batch_key", "can_batch", "estimate_memory_mb", "plan_groups", "side_by_side", "spread", "stack_cost",
+           "train_batched", "StackedModel"]

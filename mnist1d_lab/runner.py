@@ -7,6 +7,9 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -150,40 +153,116 @@ def group_key(cfg: DictConfig) -> str:
 
 def execute_group(cfgs: list[DictConfig], out_dirs: list[Path], workers: int = 1,
                   memory_budget_mb: float | None = None) -> list[dict]:
-    """Run jobs that share a group_key as one batched program; one record per job, as execute() writes.
+    """Run jobs that share a group_key as one batched program (execute_groups with one group)."""
+    return execute_groups([(cfgs, out_dirs)], workers, memory_budget_mb)[0]
 
-    Finished jobs are skipped member by member; if the members cannot batch (e.g. the GRU), or only one
-    is left, they run one at a time. A failure of the batched program is recorded for every member.
+
+@dataclass
+class _Stack:
+    """One planned stack: members (indices into its group's jobs), the group, its estimated cost."""
+    group: int
+    members: list[int]
+    cost: float
+    side: int  # stacks of its family that train at once (batched.side_by_side)
+
+
+def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], workers: int = 1,
+                   memory_budget_mb: float | None = None,
+                   done: Callable[[int, int, dict], None] | None = None) -> list[list[dict]]:
+    """Run groups of jobs (each sharing a group_key) as batched programs; one record per job, as
+    execute() writes, and the summaries per group in job order.
+
+    Finished jobs are skipped member by member; a group whose members cannot batch (e.g. the GRU), or
+    with one job left, runs one job at a time. Each group is cut into stacks (batched.plan_groups, within
+    `memory_budget_mb` in all); stacks of families that gain from it (batched.side_by_side: MLPs on
+    CPU) train side by side, one torch thread each, longest first, across groups (large stacks cut
+    into parts, batched.spread); then the others, one after another on all threads. Records are written as each stack finishes, and then, in the calling
+    thread, `done(group index, job index, summary)` is called for each of its jobs (the launcher's
+    per-job bookkeeping). A
+    failure of a stack is recorded for each of its members; with stop_on_error, stacks not yet started
+    are not started.
     """
     from . import batched
     from .data import load
 
-    for cfg in cfgs:
-        validate(cfg)
-    summaries: list[dict | None] = [lookup(c, Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)]
-    todo = [i for i, s in enumerate(summaries) if s is None]
-    ok, reason = batched.can_batch([cfgs[i].model for i in todo], cfgs[todo[0]].train) if todo else (False, "")
-    if len(todo) < 2 or not ok:
-        if len(todo) > 1:
-            log.info("running %d jobs one at a time: %s", len(todo), reason)
-        for i in todo:
-            summaries[i] = execute(cfgs[i], out_dirs[i], workers)
-        return summaries
-    first = cfgs[todo[0]]
-    device, threads = resolve_device(first.device), setup_torch(first, workers)
-    log.info("training %d runs as one batched program (%s)", len(todo), first.model.name)
-    data = load(first.data, device=device)
-    n_train = protocol.split_sizes({**TRAIN_DEFAULTS, **first.train}, data.n_train)[0]
-    stacks = batched.plan_groups([cfgs[i].model for i in todo], n_train, memory_budget_mb or math.inf,
-                                 int(first.train.batch_size))
-    for stack in ([todo[j] for j in s] for s in stacks):  # records are written as each stack finishes
+    for cfgs, _ in groups:
+        for cfg in cfgs:
+            validate(cfg)
+    summaries: list[list[dict | None]] = []
+    contexts, stacks = [], []
+    for g, (cfgs, out_dirs) in enumerate(groups):
+        summaries.append([lookup(c, Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)])
+        todo = [i for i, s in enumerate(summaries[g]) if s is None]
+        ok, reason = batched.can_batch([cfgs[i].model for i in todo], cfgs[todo[0]].train) if todo else (False, "")
+        contexts.append(None)
+        if len(todo) < 2 or not ok:
+            if len(todo) > 1:
+                log.info("running %d jobs one at a time: %s", len(todo), reason)
+            for i in todo:
+                summaries[g][i] = execute(cfgs[i], out_dirs[i], workers)
+            continue
+        first = cfgs[todo[0]]
+        device, threads = resolve_device(first.device), setup_torch(first, workers)
+        side = batched.side_by_side(first.model.name, threads, device)
+        data = load(first.data, device=device)
+        train_cfg = {**TRAIN_DEFAULTS, **first.train}
+        n_train = protocol.split_sizes(train_cfg, data.n_train)[0]
+        budget = (memory_budget_mb or math.inf) / side  # stacks side by side share the budget
+        steps = protocol.num_updates(train_cfg, n_train)
+        parts = batched.plan_groups([cfgs[i].model for i in todo], n_train, budget, int(first.train.batch_size))
+        for part in parts:  # side by side, a large stack is cut into interleaved parts (batched.spread)
+            for members in batched.spread([todo[j] for j in part], side):
+                stacks.append(_Stack(g, members, steps * batched.stack_cost([cfgs[i].model for i in members]), side))
+        contexts[g] = (data, device, threads)
+        log.info("training %d runs as one batched program (%s, %d stack(s)%s)", len(todo), first.model.name,
+                 len(parts), f", up to {side} side by side" if side > 1 else "")
+
+    def run(stack: _Stack) -> _Stack:
+        cfgs, out_dirs = groups[stack.group]
+        data, device, threads = contexts[stack.group]
+        first = cfgs[stack.members[0]]
         start = time.perf_counter()
-        results, error = _attempt(lambda stack=stack: batched.train_batched(
-            [cfgs[i].model for i in stack], [cfgs[i].seed for i in stack], data, first.train,
+        results, error = _attempt(lambda: batched.train_batched(
+            [cfgs[i].model for i in stack.members], [cfgs[i].seed for i in stack.members], data, first.train,
             progress=first.progress, device=device, plan=False), "batched stack")
-        wall = (time.perf_counter() - start) / len(stack)  # the stack's wall time, shared equally
-        for j, i in enumerate(stack):
-            summaries[i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None, error, wall,
-                                  device, threads)
+        wall = (time.perf_counter() - start) / len(stack.members)  # the stack's wall time, shared equally
+        for j, i in enumerate(stack.members):
+            summaries[stack.group][i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None,
+                                               error, wall, device, 1 if stack.side > 1 else threads)
         _stop_if_asked(first, error)
+        return stack
+
+    def notify(stack: _Stack) -> None:
+        for i in stack.members if done else ():
+            done(stack.group, i, summaries[stack.group][i])
+
+    side = sorted((s for s in stacks if s.side > 1), key=lambda s: -s.cost)
+    if len(side) == 1:  # nothing to run beside it: all threads (train_batched may still split it)
+        side[0].side = 1
+    _side_by_side(run, [s for s in side if s.side > 1], notify)
+    for stack in stacks:
+        if stack.side == 1:
+            notify(run(stack))
     return summaries
+
+
+def _side_by_side(run: Callable[[_Stack], _Stack], stacks: list[_Stack], done: Callable[[_Stack], None]) -> None:
+    """run(stack) for each stack (longest first) in min(side, len) Python threads, one torch thread
+    each; done(stack) in this thread as each finishes. The first error (stop_on_error) cancels the
+    stacks not yet started and is raised once the running ones end."""
+    if not stacks:
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # process-wide: every stack's ops run on its own Python thread
+    try:
+        with ThreadPoolExecutor(min(stacks[0].side, len(stacks))) as pool:
+            futures = [pool.submit(run, s) for s in stacks]
+            try:
+                for f in as_completed(futures):
+                    done(f.result())
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        torch.set_num_threads(threads)

@@ -148,6 +148,45 @@ def test_a_failed_batched_stack_is_recorded_for_every_member(tmp_path, monkeypat
     assert not (tmp_path / "store").exists()
 
 
+def test_mlp_stacks_of_several_groups_train_side_by_side_with_one_threads_numbers(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import torch
+
+    from mnist1d_lab import batched
+
+    calls = []  # (python thread, torch threads, start, end) of each stack
+    real = batched.train_batched
+
+    def spy(*args, **kwargs):
+        start = time.perf_counter()
+        out = real(*args, **kwargs)
+        calls.append((threading.get_ident(), torch.get_num_threads(), start, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(batched, "train_batched", spy)
+
+    def group(noise: float, threads: int, root: Path):  # two widths: one stack per group
+        cfgs = [compose_cfg(*TINY, "model=mlp", f"model.width={w}", f"train.label_noise={noise}",
+                            f"num_threads={threads}", f"paths.output_dir={root}", f"data.cache_dir={tmp_path / 'c'}")
+                for w in (4, 8)]
+        return cfgs, [root / f"{noise}_{w}" for w in (4, 8)]
+
+    seen = []
+    side = runner.execute_groups([group(n, 2, tmp_path / "side") for n in (0.0, 0.2)],
+                                 done=lambda g, i, s: seen.append((g, i, s["status"], threading.get_ident())))
+    assert len(calls) == 2 and {c[1] for c in calls} == {1} and len({c[0] for c in calls}) == 2
+    assert max(c[2] for c in calls) < min(c[3] for c in calls)  # the two stacks overlapped in time
+    assert sorted(seen) == sorted((g, i, "complete", threading.get_ident()) for g in (0, 1) for i in (0, 1))
+    assert {json.loads((d / "env.json").read_text())["num_threads"] for d in (tmp_path / "side").glob("0*")} == {1}
+    calls.clear()
+    alone = runner.execute_groups([group(n, 1, tmp_path / "alone") for n in (0.0, 0.2)])  # one thread: in turn
+    assert len(calls) == 2 and calls[0][3] <= calls[1][2]
+    for a, b in zip(side[0] + side[1], alone[0] + alone[1], strict=True):  # same stacks on one thread: same bits
+        assert (a["final_test_acc"], a["final_train_loss"]) == (b["final_test_acc"], b["final_train_loss"])
+
+
 def test_diverged_run_is_recorded(tmp_path):
     cfg = compose_cfg(*TINY, "model=mlp", "train.lr=1e9", "train.optimizer=sgd", f"paths.output_dir={tmp_path}",
                       f"data.cache_dir={tmp_path / 'cache'}")

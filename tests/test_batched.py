@@ -190,9 +190,9 @@ def test_large_stacks_train_as_parts_side_by_side_with_the_same_results(random_d
     every member's curve equals the one-stack run (float64)."""
     cfg = {"steps": 12, "eval_every": 4, "batch_size": 50}
     cfgs, seeds = _member_cfgs("mlp", [4 + (k % 5) for k in range(16)]), list(range(16))
-    assert batched._spread(list(range(16)), 2) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
-    assert batched._spread(list(range(3)), 2) == [[0, 1, 2]]  # parts would be < MIN_SPLIT: one stack
-    assert batched._spread(list(range(9)), 1) == [list(range(9))]  # one torch thread: one stack
+    assert batched.spread(list(range(16)), 2) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
+    assert batched.spread(list(range(3)), 2) == [[0, 1, 2]]  # parts would be < MIN_SPLIT: one stack
+    assert batched.spread(list(range(9)), 1) == [list(range(9))]  # one torch thread: one stack
     seen = []
     inner = batched._train_group
     monkeypatch.setattr(batched, "_train_group", lambda c, s, *a: seen.append(len(s)) or inner(c, s, *a))

@@ -72,24 +72,33 @@ class BatchedLauncher(Launcher):
             task = _task_part(cfg)
             groups.setdefault(runner.group_key(task), []).append(i)
         log.info("Batched launcher: %d jobs in %d groups", len(configs), len(groups))
+        fused = [members for members in groups.values() if len(members) > 1]  # a lone job: task function
         returns: list[JobReturn | None] = [None] * len(configs)
-        for members in groups.values():
-            precomputed = self._train_group([configs[i] for i in members])
-            for i, summary in zip(members, precomputed, strict=True):
-                returns[i] = self._bookkeep(configs[i], summary)
+
+        def done(group: int, member: int, summary: dict) -> None:  # each stack's jobs, as it finishes
+            i = fused[group][member]
+            returns[i] = self._bookkeep(configs[i], summary)
+
+        results = self._train_groups([[configs[i] for i in members] for members in fused], done)
+        precomputed = {i: s for members, group in zip(fused, results, strict=True)
+                       for i, s in zip(members, group, strict=True)}
+        for i, cfg in enumerate(configs):  # skipped, one-at-a-time and lone jobs
+            if returns[i] is None:
+                returns[i] = self._bookkeep(cfg, precomputed.get(i))
         return returns
 
-    def _train_group(self, cfgs: list[DictConfig]) -> list[dict | None]:
-        """Train a group in one program, writing each record into the job folder Hydra will use."""
+    def _train_groups(self, groups: list[list[DictConfig]], done) -> list[list[dict]]:
+        """Train the groups (stacks of several groups may run side by side), writing each record into
+        the job folder Hydra will use; done(group, member, summary) as each stack finishes."""
         from mnist1d_lab import runner
 
-        if len(cfgs) == 1:
-            return [None]  # a lone job goes through the task function as usual
-        out_dirs = [Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir) for c in cfgs]
-        HydraConfig.instance().set_config(cfgs[0])
+        if not groups:
+            return []
+        HydraConfig.instance().set_config(groups[0][0])
+        jobs = [([_task_part(c) for c in cfgs], [Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir)
+                                                 for c in cfgs]) for cfgs in groups]
         try:
-            return runner.execute_group([_task_part(c) for c in cfgs], out_dirs,
-                                        memory_budget_mb=self.memory_budget_mb)
+            return runner.execute_groups(jobs, memory_budget_mb=self.memory_budget_mb, done=done)
         except ConfigError as exc:  # bad input: one line, exit 2, as the single-job path does
             print(f"mnist1d_lab: error: {exc}", file=sys.stderr)
             sys.exit(2)
