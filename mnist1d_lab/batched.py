@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import pandas as pd
 import torch
@@ -234,20 +234,33 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
 
     for stack in groups:  # one after another; a large stack is split into parts trained side by side
         parts = spread(stack, workers)
-        if len(parts) == 1:
-            done = [run(parts[0])]
-        else:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # one torch thread per part (see spread)
-            try:
-                with ThreadPoolExecutor(len(parts)) as pool:
-                    done = list(pool.map(run, parts))
-            finally:
-                torch.set_num_threads(threads)
-        for group, out in done:
+        for group, out in [run(parts[0])] if len(parts) == 1 else run_side_by_side(run, parts, len(parts)):
             for i, r in zip(group, out, strict=True):
                 results[i] = r
     return results
+
+
+def run_side_by_side(fn: Callable, items: Sequence, workers: int, done: Callable | None = None) -> list:
+    """[fn(item) for item in items], run in `workers` Python threads with ONE torch thread each (torch
+    ops release the GIL), started in the order given; done(result) is called in this thread as each
+    finishes. On an error, items not yet started are cancelled and the error is raised once the
+    running ones end. torch's thread count is process-wide, so it is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max(1, min(workers, len(items)))) as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            try:
+                for f in as_completed(futures):
+                    if done is not None:
+                        done(f.result())
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        torch.set_num_threads(threads)
 
 
 MAX_WORKERS = 16  # parts of one stack trained side by side at most (one torch thread each)
@@ -361,5 +374,5 @@ def _freeze(model: StackedModel, optimizer: torch.optim.Optimizer, k: int) -> No
             model.member_view(name, t, k).zero_()
 
 
-__all__ = ["batch_key", "can_batch", "estimate_memory_mb", "plan_groups", "side_by_side", "spread", "stack_cost",
+__all__ = ["batch_key", "can_batch", "estimate_memory_mb", "plan_groups", "run_side_by_side", "side_by_side", "spread", "stack_cost",
            "train_batched", "StackedModel"]

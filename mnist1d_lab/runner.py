@@ -8,7 +8,6 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,33 +235,12 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         for i in stack.members if done else ():
             done(stack.group, i, summaries[stack.group][i])
 
-    side = sorted((s for s in stacks if s.side > 1), key=lambda s: -s.cost)
+    side = sorted((s for s in stacks if s.side > 1), key=lambda s: -s.cost)  # longest first
     if len(side) == 1:  # nothing to run beside it: all threads (train_batched may still split it)
         side[0].side = 1
-    _side_by_side(run, [s for s in side if s.side > 1], notify)
+    elif side:
+        batched.run_side_by_side(run, side, side[0].side, notify)
     for stack in stacks:
         if stack.side == 1:
             notify(run(stack))
     return summaries
-
-
-def _side_by_side(run: Callable[[_Stack], _Stack], stacks: list[_Stack], done: Callable[[_Stack], None]) -> None:
-    """run(stack) for each stack (longest first) in min(side, len) Python threads, one torch thread
-    each; done(stack) in this thread as each finishes. The first error (stop_on_error) cancels the
-    stacks not yet started and is raised once the running ones end."""
-    if not stacks:
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # process-wide: every stack's ops run on its own Python thread
-    try:
-        with ThreadPoolExecutor(min(stacks[0].side, len(stacks))) as pool:
-            futures = [pool.submit(run, s) for s in stacks]
-            try:
-                for f in as_completed(futures):
-                    done(f.result())
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    finally:
-        torch.set_num_threads(threads)
