@@ -11,6 +11,9 @@ torch._dynamo, ~1 s). Memory: `est` is batched.estimate_memory_mb (tensor sizes)
 process's peak resident set after the case (resource.getrusage, cumulative, so it only shows growth).
 
     python scripts/bench_batched.py [--steps 300] [--threads 1] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
+                                    [--batched-threads 2] [--side-by-side ddmlp]
+Before the last line, `ddmlp`: the double-descent MLP stacks one after another vs side by side
+(runner.execute_groups' schedule), on --batched-threads threads.
 Last line: `batched speedup mlp32: <r>x, cnn32: <r>x, widths64: <r>x`. ~3-5 min on 2 idle cores.
 """
 
@@ -71,6 +74,37 @@ def case_members(case: str) -> tuple[list[dict], list[int]]:
     return [{"name": name}] * k, list(range(k))
 
 
+DD_WIDTHS = (2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61, 80, 104, 135, 177, 230, 300)  # experiment/double_descent
+
+
+def stacks_in_turn_vs_side_by_side(data, steps: int, threads: int) -> float:
+    """The double-descent MLP grid as two groups (seeds 0 and 1, as its clean and noisy grids are), each
+    cut into stacks by plan_groups, with the double-descent optimiser (SGD 0.01 / 0.9, reshuffled
+    batches): trained one stack after another on `threads` torch threads, then side by side (one torch
+    thread each, longest first), as runner.execute_groups does. Prints both; returns the ratio."""
+    cfg = {"steps": steps, "eval_every": steps, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
+           "batch_order": "reshuffle"}
+    cfgs = [{"name": "mlp", "width": w, "residual": False} for w in DD_WIDTHS]
+    stacks = [([cfgs[i] for i in part], [seed] * len(part)) for seed in (0, 1)
+              for part in batched.plan_groups(cfgs, len(data.x), float("inf"))]
+    stacks.sort(key=lambda s: -batched.stack_cost(s[0]))
+
+    def run(stack):
+        return batched.train_batched(*stack, data, cfg, progress=False, plan=False)
+
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    for stack in stacks:
+        run(stack)
+    in_turn = time.perf_counter() - t
+    t = time.perf_counter()
+    batched.run_side_by_side(run, stacks, batched.side_by_side("mlp", threads))
+    side = time.perf_counter() - t
+    print(f"ddmlp     {len(DD_WIDTHS)} widths x 2 groups = {len(stacks)} stacks, {steps} steps: one after another on "
+          f"{threads} threads {in_turn:.1f} s | side by side, one thread each {side:.1f} s | speedup {in_turn / side:.2f}x")
+    return in_turn / side
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
@@ -84,6 +118,8 @@ def main() -> None:
                     help="batched.MIN_SPLIT: smallest part of a stack trained side by side on several threads "
                          "(a huge value keeps every stack whole, for an A/B)")
     ap.add_argument("--cases", default="mlp8,mlp32,mlp128,cnn32,widths64")
+    ap.add_argument("--side-by-side", default="ddmlp", help="also time the double-descent MLP stacks one after "
+                    "another vs side by side (4 x --steps steps); empty to skip")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batched.MIN_SPLIT = args.min_split
@@ -121,6 +157,8 @@ def main() -> None:
               f"members, {s_wall * 1e3:.0f} ms/model, cpu {s_cpu * k:.1f} s, test_acc {s_acc:.3f}) | batched "
               f"{b_wall:6.1f} s in {groups} stack(s) (cpu {b_cpu:.1f} s, test_acc {b_acc:.3f}) | speedup {speedups[case]:.2f}x "
               f"(cpu {s_cpu * k / b_cpu:.2f}x) | memory est {est:.0f} MB, maxrss {rss0:.0f}->{maxrss_mb():.0f} MB")
+    if "ddmlp" in args.side_by_side:
+        stacks_in_turn_vs_side_by_side(data, args.steps * 4, args.batched_threads or args.threads)
     print(f"machine check after: mm 1024^3 at {matmul_gflops():.0f} GFLOP/s")
     fmt = {c: f"{speedups[c]:.2f}x" if c in speedups else "n/a" for c in ("mlp32", "cnn32", "widths64")}
     print(f"batched speedup mlp32: {fmt['mlp32']}, cnn32: {fmt['cnn32']}, widths64: {fmt['widths64']}")
