@@ -12,7 +12,7 @@ and the same evaluation points and records. The loss is the SUM over members of 
 Speed (speed-notes.md §4): layers are bmm (a shared batch is broadcast to the K members without a copy;
 the CNN's first conv on a shared batch is one im2col mm; later convs im2col patches + bmm), Adam is fused,
 denormals are flushed, and there is no host sync between evaluations. Evaluation runs all members at
-once over chunks of rows. Members of very different widths run as a few width buckets (plan_groups).
+once over chunks of rows. Members of very different widths run as a few width buckets (stacks.plan_groups).
 
 Falls back (can_batch -> False): the GRU (aten's GRU kernel has no stacked form; run it one at a time),
 mixed families or any model knob other than width/channels differing, and unknown train keys (they
@@ -27,20 +27,19 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from . import cpu, models, protocol
-from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel, _width, stacked_num_params
+from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel
 from .errors import ConfigError
+from .stacks import EVAL_ELEMS, MAX_WORKERS, act_per_example, plan_groups, run_side_by_side, spread
 from .train import TRAIN_DEFAULTS, _step_fn, make_optimizer, validate_train
 
 log = logging.getLogger(__name__)
 
-EVAL_ELEMS = 8_000_000  # activation elements per evaluation chunk (about 32 MB in float32)
 Hook = Callable[[int, StackedModel, torch.optim.Optimizer], None]
 
 
@@ -68,103 +67,6 @@ def can_batch(model_cfgs: Sequence[Mapping], cfg: Mapping) -> tuple[bool, str]:
     if unknown:
         return False, f"unknown train keys {sorted(unknown)} (they might couple members)"
     return True, ""
-
-
-def _act_per_example(name: str, width: int, depth: int) -> int:
-    """Activation elements kept per example and member for backward (rough, padded width)."""
-    if name == "logistic":
-        return 3 * 10
-    if name == "mlp":
-        return 3 * depth * width + 3 * 10
-    return 3 * width * (19 + 10 + 5) + 3 * 10  # the paper's CNN lengths; deeper/shorter nets use less
-
-
-def _memory_mb(name: str, K: int, width: int, depth: int, n_train: int, batch_size: int,
-               dtype_bytes: int = 4) -> float:
-    params = 4 * K * stacked_num_params(name, width, depth)
-    act = _act_per_example(name, width, depth)
-    eval_rows = min(n_train, max(1, EVAL_ELEMS // (K * act)))
-    acts = K * act * (batch_size + eval_rows)
-    return (dtype_bytes * (params + acts) + 8 * K * n_train + dtype_bytes * K * batch_size * 40) / 2**20
-
-
-def _depth(cfg: Mapping) -> int:
-    return int(cfg.get("depth") or (2 if cfg["name"] == "mlp" else 3))
-
-
-def estimate_memory_mb(model_cfgs: Sequence[Mapping], n_train: int, batch_size: int = 100,
-                       dtype_bytes: int = 4) -> float:
-    """Estimated peak MB of one stack: params + grads + 2 Adam moments, batch and eval activations, labels."""
-    first = model_cfgs[0]
-    return _memory_mb(first["name"], len(model_cfgs), max(_width(c) for c in model_cfgs), _depth(first),
-                      n_train, batch_size, dtype_bytes)
-
-
-# A stacked step's fixed cost (about 0.5 ms of per-op overhead on this kind of CPU), in the units of
-# _flops_per_example: forward multiply-adds per example (x3 for backward, x100 examples, at ~100 GFLOP/s).
-GROUP_OVERHEAD = 150_000
-
-
-def _flops_per_example(cfg: Mapping, input_len: int = 40) -> float:
-    """Forward multiply-adds per example of one member at its own width (a cost model, not a count)."""
-    name, w = cfg["name"], _width(cfg)
-    if name == "logistic":
-        return 10 * input_len
-    if name == "mlp":
-        return input_len * w + (_depth(cfg) - 1) * w * w + 10 * w
-    return 5 * 19 * w + 3 * w * w * (10 + 5) + 5 * w * 10  # the paper's CNN layout: lengths 19, 10, 5
-
-
-def stack_cost(model_cfgs: Sequence[Mapping]) -> float:
-    """plan_groups' estimated time of one stack per step (relative units): overhead + padded members."""
-    return GROUP_OVERHEAD + len(model_cfgs) * max(_flops_per_example(c) for c in model_cfgs)
-
-
-SIDE_BY_SIDE = ("logistic", "mlp")  # families whose stacks train side by side (side_by_side)
-
-
-def side_by_side(name: str, threads: int, device: str | torch.device = "cpu") -> int:
-    """How many stacks of family `name` should train at once, each on one torch thread (Python threads).
-
-    MKL's bmm at MLP shapes gains little from a second thread (docs/batched.md), so on 2 cores two MLP
-    stacks on one thread each finish sooner than the same two one after the other on two threads:
-    1.38-1.54x for double-descent MLP stacks (4 repeats, 2,000 steps). CNN stacks' larger products do
-    use both threads (one thread each was 1.65-2x slower per stack; side by side 0.82-1.06x), so they
-    run one at a time on all threads. On CUDA, stacks run one at a time.
-    """
-    if name not in SIDE_BY_SIDE or not str(device).startswith("cpu"):
-        return 1
-    return max(1, min(threads, MAX_WORKERS))
-
-
-def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
-                batch_size: int = 100) -> list[list[int]]:
-    """Split member indices into groups that fit `budget_mb` and minimise estimated time.
-
-    Members are sorted by width; a group pays its widest member's cost for every member (padding) plus a
-    fixed per-step overhead, so a wide width range is cut into buckets of similar widths while small,
-    overhead-bound members share one group. Exact dynamic programming over the sorted order.
-    """
-    order = sorted(range(len(model_cfgs)), key=lambda i: _width(model_cfgs[i]))
-    if not order:
-        return []
-    cost = [_flops_per_example(model_cfgs[i]) for i in order]
-    name, depth = model_cfgs[order[0]]["name"], _depth(model_cfgs[order[0]])
-    n = len(order)
-    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
-    for j in range(1, n + 1):  # best[j]: cheapest plan for the j narrowest members
-        width = _width(model_cfgs[order[j - 1]])
-        for i in range(j - 1, -1, -1):  # the last group is order[i:j], padded to order[j-1]'s width
-            if j - i > 1 and _memory_mb(name, j - i, width, depth, n_train, batch_size) > budget_mb:
-                break  # a single member always gets a group, even over budget
-            total = best[i] + GROUP_OVERHEAD + (j - i) * cost[j - 1]
-            if total < best[j]:
-                best[j], cut[j] = total, i
-    groups, j = [], n
-    while j > 0:
-        groups.append(order[cut[j]:j])
-        j = cut[j]
-    return groups[::-1]
 
 
 def _member_losses(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -204,13 +106,13 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
                   plan: bool = True) -> list[protocol.TrainResult]:
     """Train member k = (model_cfgs[k], seeds[k]) as train.train would, all at once; one TrainResult each.
 
-    `hook(step, stacked_model, optimizer)` runs after every update. Members are split by plan_groups
-    (width buckets: padding width 1 to 64 costs more than a second stack) and the groups run one after
-    another; within `memory_budget_mb` if given. On CPU with several torch threads and no hook, a
-    stack of 2 * MIN_SPLIT or more members trains as parts side by side (`spread`). With a hook and no
-    budget they stay one stack, so the hook sees every member; with `plan=False` too (the caller
-    planned the stacks: `runner.execute_group` writes records stack by stack). `dtype` defaults to
-    data.x's.
+    `hook(step, stacked_model, optimizer)` runs after every update. Members are split by
+    stacks.plan_groups (width buckets: padding width 1 to 64 costs more than a second stack) and the
+    groups run one after another; within `memory_budget_mb` if given. On CPU with several torch threads
+    and no hook, a stack of 2 * stacks.MIN_SPLIT or more members trains as parts side by side
+    (`stacks.spread`). With a hook and no budget they stay one stack, so the hook sees every member;
+    with `plan=False` too (the caller planned the stacks: `runner.execute_groups` writes records stack
+    by stack). `dtype` defaults to data.x's.
     """
     if len(model_cfgs) != len(seeds):
         raise ValueError(f"{len(model_cfgs)} model configs but {len(seeds)} seeds")
@@ -238,50 +140,6 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
             for i, r in zip(group, out, strict=True):
                 results[i] = r
     return results
-
-
-def run_side_by_side(fn: Callable, items: Sequence, workers: int, done: Callable | None = None) -> list:
-    """[fn(item) for item in items], run in `workers` Python threads with ONE torch thread each (torch
-    ops release the GIL), started in the order given; done(result) is called in this thread as each
-    finishes. On an error, items not yet started are cancelled and the error is raised once the
-    running ones end. torch's thread count is process-wide, so it is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max(1, min(workers, len(items)))) as pool:
-            futures = [pool.submit(fn, item) for item in items]
-            try:
-                for f in as_completed(futures):
-                    if done is not None:
-                        done(f.result())
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    finally:
-        torch.set_num_threads(threads)
-
-
-MAX_WORKERS = 16  # parts of one stack trained side by side at most (one torch thread each)
-MIN_SPLIT = 8     # a stack is split only into parts of at least this many members
-
-
-def spread(group: list[int], workers: int) -> list[list[int]]:
-    """Split a stack into up to `workers` interleaved parts (each keeps the width mix) of at least
-    MIN_SPLIT members, to be trained side by side in Python threads with one torch thread each.
-
-    Why: MKL's bmm at these shapes (e.g. 32 x (100 x 100 @ 100 x 100)) gains nothing from a second
-    thread here, so one stack on two torch threads leaves a core mostly idle. On 2 cores, two parts in
-    two Python threads (ops release the GIL) trained 32 paper MLPs ~10 % faster and 32 CNNs 1 % and
-    21 % faster (two repeats). Small stacks are left whole (MIN_SPLIT): in a double-descent re-run
-    with parts of 2-5 CNNs, those stacks were not faster (176-320 s against 166-283 s whole).
-    The parts together hold what the stack held, so memory stays within the stack's budget. Members
-    never mix, so each member trains as it would in any stack (float32 summation order aside, as
-    between thread counts).
-    """
-    n = max(1, min(workers, len(group) // MIN_SPLIT))
-    return [list(group[i::n]) for i in range(n)]
 
 
 def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) -> list[protocol.TrainResult]:
@@ -312,7 +170,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) ->
     optimizer = make_optimizer(model, cfg)
     optimizer_step = _step_fn(optimizer)  # fused Adam's kernels without torch.optim's Python, as train.train
     params = list(model.parameters())
-    chunk = max(1, EVAL_ELEMS // (K * _act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
+    chunk = max(1, EVAL_ELEMS // (K * act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
     columns = ["step"] + [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
     records: list[list[list[float]]] = [[] for _ in range(K)]
     alive = [True] * K
@@ -374,5 +232,4 @@ def _freeze(model: StackedModel, optimizer: torch.optim.Optimizer, k: int) -> No
             model.member_view(name, t, k).zero_()
 
 
-__all__ = ["batch_key", "can_batch", "estimate_memory_mb", "plan_groups", "run_side_by_side", "side_by_side", "spread", "stack_cost",
-           "train_batched", "StackedModel"]
+__all__ = ["batch_key", "can_batch", "train_batched", "StackedModel"]

@@ -162,7 +162,7 @@ class _Stack:
     group: int
     members: list[int]
     cost: float
-    side: int  # stacks of its family that train at once (batched.side_by_side)
+    side: int  # stacks of its family that train at once (stacks.side_by_side)
 
 
 def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], workers: int = 1,
@@ -172,23 +172,22 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
     execute() writes, and the summaries per group in job order.
 
     Finished jobs are skipped member by member; a group whose members cannot batch (e.g. the GRU), or
-    with one job left, runs one job at a time. Each group is cut into stacks (batched.plan_groups, within
-    `memory_budget_mb` in all); stacks of families that gain from it (batched.side_by_side: MLPs on
+    with one job left, runs one job at a time. Each group is cut into stacks (stacks.plan_groups, within
+    `memory_budget_mb` in all); stacks of families that gain from it (stacks.side_by_side: MLPs on
     CPU) train side by side, one torch thread each, longest first, across groups (large stacks cut
-    into parts, batched.spread); then the others, one after another on all threads. Records are written as each stack finishes, and then, in the calling
-    thread, `done(group index, job index, summary)` is called for each of its jobs (the launcher's
-    per-job bookkeeping). A
-    failure of a stack is recorded for each of its members; with stop_on_error, stacks not yet started
-    are not started.
+    into parts, stacks.spread); then the others, one after another on all threads. Records are
+    written as each stack finishes; then, in the calling thread, `done(group index, job index,
+    summary)` is called for each of its jobs (the launcher's per-job bookkeeping). A failure of a stack
+    is recorded for each of its members; with stop_on_error, stacks not yet started are not started.
     """
-    from . import batched
+    from . import batched, stacks
     from .data import load
 
     for cfgs, _ in groups:
         for cfg in cfgs:
             validate(cfg)
     summaries: list[list[dict | None]] = []
-    contexts, stacks = [], []
+    contexts, planned = [], []
     for g, (cfgs, out_dirs) in enumerate(groups):
         summaries.append([lookup(c, Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)])
         todo = [i for i, s in enumerate(summaries[g]) if s is None]
@@ -202,16 +201,16 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
             continue
         first = cfgs[todo[0]]
         device, threads = resolve_device(first.device), setup_torch(first, workers)
-        side = batched.side_by_side(first.model.name, threads, device)
+        side = stacks.side_by_side(first.model.name, threads, device)
         data = load(first.data, device=device)
         train_cfg = {**TRAIN_DEFAULTS, **first.train}
         n_train = protocol.split_sizes(train_cfg, data.n_train)[0]
         budget = (memory_budget_mb or math.inf) / side  # stacks side by side share the budget
         steps = protocol.num_updates(train_cfg, n_train)
-        parts = batched.plan_groups([cfgs[i].model for i in todo], n_train, budget, int(first.train.batch_size))
-        for part in parts:  # side by side, a large stack is cut into interleaved parts (batched.spread)
-            for members in batched.spread([todo[j] for j in part], side):
-                stacks.append(_Stack(g, members, steps * batched.stack_cost([cfgs[i].model for i in members]), side))
+        parts = stacks.plan_groups([cfgs[i].model for i in todo], n_train, budget, int(first.train.batch_size))
+        for part in parts:  # side by side, a large stack is cut into interleaved parts (stacks.spread)
+            for members in stacks.spread([todo[j] for j in part], side):
+                planned.append(_Stack(g, members, steps * stacks.stack_cost([cfgs[i].model for i in members]), side))
         contexts[g] = (data, device, threads)
         log.info("training %d runs as one batched program (%s, %d stack(s)%s)", len(todo), first.model.name,
                  len(parts), f", up to {side} side by side" if side > 1 else "")
@@ -235,12 +234,12 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         for i in stack.members if done else ():
             done(stack.group, i, summaries[stack.group][i])
 
-    side = sorted((s for s in stacks if s.side > 1), key=lambda s: -s.cost)  # longest first
+    side = sorted((s for s in planned if s.side > 1), key=lambda s: -s.cost)  # longest first
     if len(side) == 1:  # nothing to run beside it: all threads (train_batched may still split it)
         side[0].side = 1
     elif side:
-        batched.run_side_by_side(run, side, side[0].side, notify)
-    for stack in stacks:
+        stacks.run_side_by_side(run, side, side[0].side, notify)
+    for stack in planned:
         if stack.side == 1:
             notify(run(stack))
     return summaries

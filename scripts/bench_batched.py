@@ -7,7 +7,7 @@ train_batched runs as plan_groups width buckets (the output gives the number of 
 
 The one-at-a-time side times a subset of members (--single-sample per case, spread over the members)
 and extrapolates per model; the output says so. Both paths are warmed up first (the first Adam imports
-torch._dynamo, ~1 s). Memory: `est` is batched.estimate_memory_mb (tensor sizes); `maxrss` is the
+torch._dynamo, ~1 s). Memory: `est` is stacks.estimate_memory_mb (tensor sizes); `maxrss` is the
 process's peak resident set after the case (resource.getrusage, cumulative, so it only shows growth).
 
     python scripts/bench_batched.py [--steps 300] [--threads 1] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from mnist1d_lab import batched, models, train
+from mnist1d_lab import batched, models, stacks, train
 
 
 def load_data():
@@ -85,22 +85,22 @@ def stacks_in_turn_vs_side_by_side(data, steps: int, threads: int) -> float:
     cfg = {"steps": steps, "eval_every": steps, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
            "batch_order": "reshuffle"}
     cfgs = [{"name": "mlp", "width": w, "residual": False} for w in DD_WIDTHS]
-    stacks = [([cfgs[i] for i in part], [seed] * len(part)) for seed in (0, 1)
-              for part in batched.plan_groups(cfgs, len(data.x), float("inf"))]
-    stacks.sort(key=lambda s: -batched.stack_cost(s[0]))
+    planned = [([cfgs[i] for i in part], [seed] * len(part)) for seed in (0, 1)
+              for part in stacks.plan_groups(cfgs, len(data.x), float("inf"))]
+    planned.sort(key=lambda s: -stacks.stack_cost(s[0]))
 
     def run(stack):
         return batched.train_batched(*stack, data, cfg, progress=False, plan=False)
 
     torch.set_num_threads(threads)
     t = time.perf_counter()
-    for stack in stacks:
+    for stack in planned:
         run(stack)
     in_turn = time.perf_counter() - t
     t = time.perf_counter()
-    batched.run_side_by_side(run, stacks, batched.side_by_side("mlp", threads))
+    stacks.run_side_by_side(run, planned, stacks.side_by_side("mlp", threads))
     side = time.perf_counter() - t
-    print(f"ddmlp     {len(DD_WIDTHS)} widths x 2 groups = {len(stacks)} stacks, {steps} steps: one after another on "
+    print(f"ddmlp     {len(DD_WIDTHS)} widths x 2 groups = {len(planned)} stacks, {steps} steps: one after another on "
           f"{threads} threads {in_turn:.1f} s | side by side, one thread each {side:.1f} s | speedup {in_turn / side:.2f}x")
     return in_turn / side
 
@@ -114,15 +114,15 @@ def main() -> None:
                     help="torch threads for the batched side only (default: --threads). One small model gains "
                          "nothing from a second thread (speed-notes §5); a stack of 32 can use both cores")
     ap.add_argument("--single-sample", type=int, default=4, help="members timed one at a time per case")
-    ap.add_argument("--min-split", type=int, default=batched.MIN_SPLIT,
-                    help="batched.MIN_SPLIT: smallest part of a stack trained side by side on several threads "
+    ap.add_argument("--min-split", type=int, default=stacks.MIN_SPLIT,
+                    help="stacks.MIN_SPLIT: smallest part of a stack trained side by side on several threads "
                          "(a huge value keeps every stack whole, for an A/B)")
     ap.add_argument("--cases", default="mlp8,mlp32,mlp128,cnn32,widths64")
     ap.add_argument("--side-by-side", default="ddmlp", help="also time the double-descent MLP stacks one after "
                     "another vs side by side (4 x --steps steps); empty to skip")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    batched.MIN_SPLIT = args.min_split
+    stacks.MIN_SPLIT = args.min_split
     data = load_data()
     cfg = {"steps": args.steps, "eval_every": args.eval_every}
     print(f"torch {torch.__version__}, {args.threads} thread(s) one at a time, "
@@ -150,8 +150,8 @@ def main() -> None:
         b_wall, b_cpu = time.perf_counter() - t, time.process_time() - c
         torch.set_num_threads(args.threads)
         b_acc = float(np.mean([r.summary["final_test_acc"] for r in res]))
-        est = batched.estimate_memory_mb(cfgs, len(data.x))
-        groups = len(batched.plan_groups(cfgs, len(data.x), float("inf")))  # train_batched's width buckets
+        est = stacks.estimate_memory_mb(cfgs, len(data.x))
+        groups = len(stacks.plan_groups(cfgs, len(data.x), float("inf")))  # train_batched's width buckets
         speedups[case] = s_wall * k / b_wall
         print(f"{case:9s} K={k:3d} one-at-a-time {s_wall * k:7.1f} s (extrapolated from {min(sample, k)} "
               f"members, {s_wall * 1e3:.0f} ms/model, cpu {s_cpu * k:.1f} s, test_acc {s_acc:.3f}) | batched "

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist1d_lab import batched, models, train
+from mnist1d_lab import batched, models, stacks, train
 from mnist1d_lab.batched_models import StackedHead
 from mnist1d_lab.errors import ConfigError
 
@@ -88,11 +88,11 @@ def test_val_split_gives_each_member_its_own_rows(random_data):
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_padded_entries_stay_exactly_zero(random_data, name):
-    stacks = []
+    seen = []
     cfg = {"steps": 50, "eval_every": 50, "weight_decay": 0.1, "batch_size": 50}
     batched.train_batched(_member_cfgs(name, [3, 17, 8]), [0, 1, 2], random_data, cfg, progress=False,
-                          hook=lambda step, model, opt: stacks.append((model, opt)) if step == 50 else None)
-    model, opt = stacks[0]
+                          hook=lambda step, model, opt: seen.append((model, opt)) if step == 50 else None)
+    model, opt = seen[0]
     masks = model.padding_masks()
     assert sum(int((m == 0).sum()) for m in masks.values()) > 0
     for name, p in model.named_parameters():
@@ -145,20 +145,20 @@ def test_can_batch_rules():
 def test_plan_groups_respects_budget():
     cfgs = _member_cfgs("mlp", [1 + (7 * i) % 300 for i in range(64)])
     budget = 40.0
-    groups = batched.plan_groups(cfgs, 4000, budget)
+    groups = stacks.plan_groups(cfgs, 4000, budget)
     assert sorted(i for g in groups for i in g) == list(range(64))
     assert len(groups) > 1
     for g in groups:
-        assert len(g) == 1 or batched.estimate_memory_mb([cfgs[i] for i in g], 4000) <= budget
+        assert len(g) == 1 or stacks.estimate_memory_mb([cfgs[i] for i in g], 4000) <= budget
     widths = [[cfgs[i]["width"] for i in g] for g in groups]
     assert all(max(a) <= min(b) for a, b in zip(widths, widths[1:], strict=False))  # small widths batch together
     narrow = _member_cfgs("mlp", list(range(1, 33)))  # overhead-bound: one group when memory allows
-    assert batched.plan_groups(narrow, 4000, 1e9) == [sorted(range(32), key=lambda i: narrow[i]["width"])]
+    assert stacks.plan_groups(narrow, 4000, 1e9) == [sorted(range(32), key=lambda i: narrow[i]["width"])]
 
 
 def test_plan_groups_buckets_a_wide_width_range():
     widths = [2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61, 80, 104, 135, 177, 230, 300]  # the DD grid
-    groups = [[widths[i] for i in g] for g in batched.plan_groups(_member_cfgs("mlp", widths), 4000, 1e9)]
+    groups = [[widths[i] for i in g] for g in stacks.plan_groups(_member_cfgs("mlp", widths), 4000, 1e9)]
     assert 1 < len(groups) < len(widths)  # no padding of width 2 to 300, no one-at-a-time either
     assert groups[0][:3] == [2, 3, 4] and groups[-1][-1] == 300
 
@@ -175,7 +175,7 @@ def test_memory_budget_splits_but_keeps_results(random_data):
 def test_wide_width_range_is_split_without_a_budget(random_data):
     cfg = {"steps": 10, "eval_every": 5, "batch_size": 50}
     cfgs, seeds = _member_cfgs("mlp", [2, 300, 3]), [0, 1, 2]
-    assert len(batched.plan_groups(cfgs, len(random_data.x), float("inf"))) == 2
+    assert len(stacks.plan_groups(cfgs, len(random_data.x), float("inf"))) == 2
     split = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False)
     calls = []
     one = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False,  # a hook: one stack
@@ -190,9 +190,9 @@ def test_large_stacks_train_as_parts_side_by_side_with_the_same_results(random_d
     every member's curve equals the one-stack run (float64)."""
     cfg = {"steps": 12, "eval_every": 4, "batch_size": 50}
     cfgs, seeds = _member_cfgs("mlp", [4 + (k % 5) for k in range(16)]), list(range(16))
-    assert batched.spread(list(range(16)), 2) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
-    assert batched.spread(list(range(3)), 2) == [[0, 1, 2]]  # parts would be < MIN_SPLIT: one stack
-    assert batched.spread(list(range(9)), 1) == [list(range(9))]  # one torch thread: one stack
+    assert stacks.spread(list(range(16)), 2) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
+    assert stacks.spread(list(range(3)), 2) == [[0, 1, 2]]  # parts would be < MIN_SPLIT: one stack
+    assert stacks.spread(list(range(9)), 1) == [list(range(9))]  # one torch thread: one stack
     seen = []
     inner = batched._train_group
     monkeypatch.setattr(batched, "_train_group", lambda c, s, *a: seen.append(len(s)) or inner(c, s, *a))
