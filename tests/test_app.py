@@ -187,6 +187,36 @@ def test_mlp_stacks_of_several_groups_train_side_by_side_with_one_threads_number
         assert (a["final_test_acc"], a["final_train_loss"]) == (b["final_test_acc"], b["final_train_loss"])
 
 
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_failed_stack_beside_another_is_recorded_and_stop_on_error_stops(tmp_path, monkeypatch, stop):
+    from mnist1d_lab import batched
+
+    real = batched.train_batched
+
+    def boom_if_noisy(model_cfgs, seeds, data, cfg, **kwargs):
+        if cfg["label_noise"] > 0:
+            raise MemoryError("simulated")
+        return real(model_cfgs, seeds, data, cfg, **kwargs)
+
+    monkeypatch.setattr(batched, "train_batched", boom_if_noisy)
+    groups = []
+    for noise in (0.0, 0.2):
+        cfgs = [compose_cfg(*TINY, "model=mlp", f"model.width={w}", f"train.label_noise={noise}", "num_threads=2",
+                            f"stop_on_error={stop}", f"paths.output_dir={tmp_path}", f"data.cache_dir={tmp_path / 'c'}")
+                for w in (4, 8)]
+        groups.append((cfgs, [tmp_path / f"{noise}_{w}" for w in (4, 8)]))
+    if stop:
+        with pytest.raises(RuntimeError, match="MemoryError: simulated"):
+            runner.execute_groups(groups)
+    else:
+        out = runner.execute_groups(groups)
+        assert [[s["status"] for s in g] for g in out] == [["complete", "complete"], ["failed", "failed"]]
+    assert [records.read_summary(d)["status"] for d in groups[1][1]] == ["failed", "failed"]
+    # the stack running beside the failed one (started at once) finishes and is kept, even with stop
+    assert [records.read_summary(d)["status"] for d in groups[0][1]] == ["complete", "complete"]
+    assert len(list((tmp_path / "store").glob("*"))) == 2  # failed runs are never stored
+
+
 def test_diverged_run_is_recorded(tmp_path):
     cfg = compose_cfg(*TINY, "model=mlp", "train.lr=1e9", "train.optimizer=sgd", f"paths.output_dir={tmp_path}",
                       f"data.cache_dir={tmp_path / 'cache'}")
