@@ -167,18 +167,20 @@ class _Stack:
 
 def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], workers: int = 1,
                    memory_budget_mb: float | None = None,
-                   done: Callable[[int, int, dict], None] | None = None) -> list[list[dict]]:
+                   done: Callable[[int, int, dict], None] | None = None,
+                   side_by_side: bool = True) -> list[list[dict]]:
     """Run groups of jobs (each sharing a group_key) as batched programs; one record per job, as
     execute() writes, and the summaries per group in job order.
 
     Finished jobs are skipped member by member; a group whose members cannot batch (e.g. the GRU), or
     with one job left, runs one job at a time. Each group is cut into stacks (stacks.plan_groups, within
     `memory_budget_mb` in all); stacks of families that gain from it (stacks.side_by_side: MLPs on
-    CPU) train side by side, one torch thread each, longest first, across groups (large stacks cut
-    into parts, stacks.spread); then the others, one after another on all threads. Records are
-    written as each stack finishes; then, in the calling thread, `done(group index, job index,
-    summary)` is called for each of its jobs (the launcher's per-job bookkeeping). A failure of a stack
-    is recorded for each of its members; with stop_on_error, stacks not yet started are not started.
+    CPU; not with side_by_side=False) train side by side, one torch thread each, longest first, across
+    groups (large stacks cut into parts, stacks.spread); then the others, one after another on all
+    threads. Records are written as each stack finishes; then, in the calling thread, `done(group
+    index, job index, summary)` is called for each of its jobs (the launcher's per-job bookkeeping).
+    A failure of a stack is recorded for each of its members; with stop_on_error, stacks not yet
+    started are not started.
     """
     from . import batched, stacks
     from .data import load
@@ -201,7 +203,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
             continue
         first = cfgs[todo[0]]
         device, threads = resolve_device(first.device), setup_torch(first, workers)
-        side = stacks.side_by_side(first.model.name, threads, device)
+        side = stacks.side_by_side(first.model.name, threads, device) if side_by_side else 1
         data = load(first.data, device=device)
         train_cfg = {**TRAIN_DEFAULTS, **first.train}
         n_train = protocol.split_sizes(train_cfg, data.n_train)[0]

@@ -185,6 +185,9 @@ def test_mlp_stacks_of_several_groups_train_side_by_side_with_one_threads_number
     assert len(calls) == 2 and calls[0][3] <= calls[1][2]
     for a, b in zip(side[0] + side[1], alone[0] + alone[1], strict=True):  # same stacks on one thread: same bits
         assert (a["final_test_acc"], a["final_train_loss"]) == (b["final_test_acc"], b["final_train_loss"])
+    calls.clear()
+    runner.execute_groups([group(n, 2, tmp_path / "off") for n in (0.0, 0.2)], side_by_side=False)
+    assert len(calls) == 2 and {c[1] for c in calls} == {2} and calls[0][3] <= calls[1][2]  # in turn, 2 threads
 
 
 @pytest.mark.parametrize("stop", [False, True])

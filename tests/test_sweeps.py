@@ -163,9 +163,10 @@ def test_batched_launcher_records_match_the_sequential_path_and_resume_member_by
         assert len(list(sweep_dirs(tmp_path / "batched")[0].glob(f"*/{name}"))) == 6, name
     # widen the sweep: only the new widths train, the finished members are skipped one by one
     again = run_lab(tmp_path / "batched", "-m", "model=mlp", "model.width=4,8,16,32", "seed=0,1", *TINY,
-                    "hydra/launcher=batched")
+                    "hydra/launcher=batched", "num_threads=2", "hydra.launcher.side_by_side=false")
     out = again.stdout + again.stderr
     assert out.count("skipped: complete record") == 6 and "training 2 runs as one batched program" in out
+    assert "side by side" not in out  # with 2 threads the MLP stack would be planned side by side otherwise
 
 
 def test_collect_reports_failed_runs(tmp_path):

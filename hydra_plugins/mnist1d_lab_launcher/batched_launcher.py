@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class BatchedLauncherConf:
     _target_: str = "hydra_plugins.mnist1d_lab_launcher.batched_launcher.BatchedLauncher"
     memory_budget_mb: int = 2048  # a stacked group never needs more (estimated); bigger sweeps are chunked
+    side_by_side: bool = True  # MLP stacks train side by side, one torch thread each (false: one after another)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf,
@@ -42,8 +43,8 @@ class BatchedLauncher(Launcher):
 
     takes_job_nums = True  # the lab sweeper may pass explicit job numbers (skipped jobs leave gaps)
 
-    def __init__(self, memory_budget_mb: int = 2048) -> None:
-        self.memory_budget_mb = memory_budget_mb
+    def __init__(self, memory_budget_mb: int = 2048, side_by_side: bool = True) -> None:
+        self.memory_budget_mb, self.side_by_side = memory_budget_mb, side_by_side
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -98,7 +99,8 @@ class BatchedLauncher(Launcher):
         jobs = [([_task_part(c) for c in cfgs], [Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir)
                                                  for c in cfgs]) for cfgs in groups]
         try:
-            return runner.execute_groups(jobs, memory_budget_mb=self.memory_budget_mb, done=done)
+            return runner.execute_groups(jobs, memory_budget_mb=self.memory_budget_mb, done=done,
+                                         side_by_side=self.side_by_side)
         except ConfigError as exc:  # bad input: one line, exit 2, as the single-job path does
             print(f"mnist1d_lab: error: {exc}", file=sys.stderr)
             sys.exit(2)
