@@ -150,12 +150,6 @@ def group_key(cfg: DictConfig) -> str:
     return records.run_key(plain)
 
 
-def execute_group(cfgs: list[DictConfig], out_dirs: list[Path], workers: int = 1,
-                  memory_budget_mb: float | None = None) -> list[dict]:
-    """Run jobs that share a group_key as one batched program (execute_groups with one group)."""
-    return execute_groups([(cfgs, out_dirs)], workers, memory_budget_mb)[0]
-
-
 @dataclass
 class _Stack:
     """One planned stack: members (indices into its group's jobs), the group, its estimated cost."""
@@ -217,9 +211,9 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         log.info("training %d runs as one batched program (%s, %d stack(s)%s)", len(todo), first.model.name,
                  len(parts), f", up to {side} side by side" if side > 1 else "")
 
-    def run(stack: _Stack) -> _Stack:
+    def run(stack: _Stack) -> _Stack:  # on the torch threads set by the caller (1 side by side)
         cfgs, out_dirs = groups[stack.group]
-        data, device, threads = contexts[stack.group]
+        data, device, _ = contexts[stack.group]
         first = cfgs[stack.members[0]]
         start = time.perf_counter()
         results, error = _attempt(lambda: batched.train_batched(
@@ -228,7 +222,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         wall = (time.perf_counter() - start) / len(stack.members)  # the stack's wall time, shared equally
         for j, i in enumerate(stack.members):
             summaries[stack.group][i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None,
-                                               error, wall, device, 1 if stack.side > 1 else threads)
+                                               error, wall, device, torch.get_num_threads())
         _stop_if_asked(first, error)
         return stack
 
@@ -236,12 +230,11 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         for i in stack.members if done else ():
             done(stack.group, i, summaries[stack.group][i])
 
-    side = sorted((s for s in planned if s.side > 1), key=lambda s: -s.cost)  # longest first
-    if len(side) == 1:  # nothing to run beside it: all threads (train_batched may still split it)
-        side[0].side = 1
-    elif side:
-        stacks.run_side_by_side(run, side, side[0].side, notify)
+    pool = sorted((s for s in planned if s.side > 1), key=lambda s: -s.cost)  # longest first
+    if len(pool) > 1:  # one alone runs below, on all threads (train_batched may still split it)
+        stacks.run_side_by_side(run, pool, pool[0].side, notify)
     for stack in planned:
-        if stack.side == 1:
+        if len(pool) < 2 or stack.side == 1:
+            torch.set_num_threads(contexts[stack.group][2])  # its group's thread count (setup_torch)
             notify(run(stack))
     return summaries

@@ -141,9 +141,9 @@ def test_a_failed_batched_stack_is_recorded_for_every_member(tmp_path, monkeypat
     dirs = [tmp_path / "0", tmp_path / "1"]
     if stop:
         with pytest.raises(RuntimeError, match="MemoryError: simulated"):
-            runner.execute_group(cfgs, dirs)
+            runner.execute_groups([(cfgs, dirs)])[0]
     else:
-        assert [s["status"] for s in runner.execute_group(cfgs, dirs)] == ["failed", "failed"]
+        assert [s["status"] for s in runner.execute_groups([(cfgs, dirs)])[0]] == ["failed", "failed"]
     assert [records.read_summary(d)["error"] for d in dirs] == ["MemoryError: simulated"] * 2
     assert not (tmp_path / "store").exists()
 
