@@ -203,7 +203,8 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         n_train = protocol.split_sizes(train_cfg, data.n_train)[0]
         budget = (memory_budget_mb or math.inf) / side  # stacks side by side share the budget
         steps = protocol.num_updates(train_cfg, n_train)
-        parts = stacks.plan_groups([cfgs[i].model for i in todo], n_train, budget, int(first.train.batch_size))
+        parts = stacks.plan_groups([cfgs[i].model for i in todo], n_train, budget, int(first.train.batch_size),
+                                   device)
         for part in parts:  # side by side, a large stack is cut into interleaved parts (stacks.spread)
             for members in stacks.spread([todo[j] for j in part], side):
                 planned.append(_Stack(g, members, steps * stacks.stack_cost([cfgs[i].model for i in members]), side))

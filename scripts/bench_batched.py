@@ -11,7 +11,9 @@ torch._dynamo, ~1 s). Memory: `est` is stacks.estimate_memory_mb (tensor sizes);
 process's peak resident set after the case (resource.getrusage, cumulative, so it only shows growth).
 
     python scripts/bench_batched.py [--steps 300] [--threads 1] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
-                                    [--batched-threads 2] [--side-by-side ddmlp]
+                                    [--batched-threads 2] [--side-by-side ddmlp] [--device cuda]
+With --device cuda both paths train on the GPU (times include a synchronize), and a float64 check first
+prints how far batched and one-at-a-time loss curves differ there (MLP widths, CNN channels, 100 steps).
 Before the last line, `ddmlp`: the double-descent MLP stacks one after another vs side by side
 (runner.execute_groups' schedule), on --batched-threads threads.
 Last line: `batched speedup mlp32: <r>x, cnn32: <r>x, widths64: <r>x`. ~3-5 min on 2 idle cores.
@@ -29,14 +31,20 @@ import torch
 from mnist1d_lab import batched, models, stacks, train
 
 
-def load_data():
-    """The paper's dataset (4000 train / 1000 test), without touching the disk cache if possible."""
+def load_data(device: str = "cpu"):
+    """The paper's dataset (4000 train / 1000 test) on `device`, without touching the disk cache if possible."""
     from mnist1d_lab.data import load
 
     try:
-        return load({"cache": False})
+        return load({"cache": False}, device=device)
     except Exception:  # noqa: BLE001 (older config without a cache knob)
-        return load()
+        return load(device=device)
+
+
+def sync(device: str) -> None:
+    """Wait for queued kernels, so wall times are times (a no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def matmul_gflops() -> float:
@@ -52,15 +60,17 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_single(cfgs, seeds, data, cfg, sample: int) -> tuple[float, float, float]:
+def time_single(cfgs, seeds, data, cfg, sample: int, device: str = "cpu") -> tuple[float, float, float]:
     """(seconds per model, cpu seconds per model, mean final test acc) over `sample` evenly spread members."""
     picks = np.unique(np.linspace(0, len(cfgs) - 1, sample).round().astype(int))
     wall = cpu = 0.0
     accs = []
     for i in picks:
         model = models.build_model(cfgs[i], seeds[i])
+        sync(device)
         t, c = time.perf_counter(), time.process_time()
-        r = train.train(model, data, cfg, seeds[i], progress=False)
+        r = train.train(model, data, cfg, seeds[i], progress=False, device=device)
+        sync(device)
         wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
         accs.append(r.summary["final_test_acc"])
     return wall / len(picks), cpu / len(picks), float(np.mean(accs))
@@ -105,6 +115,28 @@ def stacks_in_turn_vs_side_by_side(data, steps: int, threads: int) -> float:
     return in_turn / side
 
 
+def check_float64(data, device: str, steps: int = 100) -> float:
+    """Largest relative difference of the per-step train loss, batched vs one at a time, in float64 on
+    `device` (Adam, sequential batches): MLP widths 3, 17, 64 and CNN channels 2, 9, 32. Prints and
+    returns it (the CPU tests assert the same within 1e-4; float64 gives ~1e-12)."""
+    from types import SimpleNamespace
+
+    d = SimpleNamespace(x=data.x.double(), y=data.y, x_test=data.x_test.double(), y_test=data.y_test)
+    cfg = {"steps": steps, "eval_every": 1}
+    worst = 0.0
+    for name, key, widths in (("mlp", "width", (3, 17, 64)), ("cnn", "channels", (2, 9, 32))):
+        cfgs = [{"name": name, key: w} for w in widths]
+        seeds = list(range(len(cfgs)))
+        res = batched.train_batched(cfgs, seeds, d, cfg, progress=False, device=device)
+        for c, s, r in zip(cfgs, seeds, res, strict=True):
+            one = train.train(models.build_model(c, s).double(), d, cfg, s, progress=False, device=device)
+            a, b = r.curves["train_loss"].to_numpy(), one.curves["train_loss"].to_numpy()
+            worst = max(worst, float(np.max(np.abs(a - b) / np.abs(b))))
+    print(f"float64 on {device}: batched vs one at a time, {steps} steps, MLP widths 3/17/64 and CNN channels "
+          f"2/9/32: max relative train-loss difference {worst:.1e}")
+    return worst
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
@@ -118,21 +150,26 @@ def main() -> None:
                     help="stacks.MIN_SPLIT: smallest part of a stack trained side by side on several threads "
                          "(a huge value keeps every stack whole, for an A/B)")
     ap.add_argument("--cases", default="mlp8,mlp32,mlp128,cnn32,widths64")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both paths train")
     ap.add_argument("--side-by-side", default="ddmlp", help="also time the double-descent MLP stacks one after "
                     "another vs side by side (4 x --steps steps); empty to skip")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     stacks.MIN_SPLIT = args.min_split
-    data = load_data()
+    device, gpu = args.device, torch.device(args.device).type == "cuda"
+    data = load_data(device)
     cfg = {"steps": args.steps, "eval_every": args.eval_every}
+    where = (f"{torch.cuda.get_device_name(device)}" if gpu else
+             f"CPU, mm 1024^3 at {matmul_gflops():.0f} GFLOP/s (idle machine: ~130 per thread)")
     print(f"torch {torch.__version__}, {args.threads} thread(s) one at a time, "
           f"{args.batched_threads or args.threads} batched, {args.steps} steps, eval every "
-          f"{args.eval_every}, data {tuple(data.x.shape)} train / {tuple(data.x_test.shape)} test, "
-          f"mm 1024^3 at {matmul_gflops():.0f} GFLOP/s (idle machine: ~130 per thread)")
+          f"{args.eval_every}, data {tuple(data.x.shape)} train / {tuple(data.x_test.shape)} test, {where}")
     warm = {"steps": 3, "eval_every": 3}  # first Adam imports torch._dynamo; first conv sets up oneDNN
     for name in ("mlp", "cnn"):
-        train.train(models.build_model({"name": name}, 0), data, warm, 0, progress=False)
-        batched.train_batched([{"name": name}] * 2, [0, 1], data, warm, progress=False)
+        train.train(models.build_model({"name": name}, 0), data, warm, 0, progress=False, device=device)
+        batched.train_batched([{"name": name}] * 2, [0, 1], data, warm, progress=False, device=device)
+    if gpu:
+        check_float64(data, device)
 
     single_cache: dict[str, tuple] = {}
     speedups = {}
@@ -142,24 +179,29 @@ def main() -> None:
         key = "widths" if case.startswith("widths") else case[:3]
         sample = max(args.single_sample, 8) if key == "widths" else args.single_sample
         if key not in single_cache or key == "widths":  # seeds cost the same: reuse the per-model time
-            single_cache[key] = time_single(cfgs, seeds, data, cfg, sample)
+            single_cache[key] = time_single(cfgs, seeds, data, cfg, sample, device)
         s_wall, s_cpu, s_acc = single_cache[key]
         torch.set_num_threads(args.batched_threads or args.threads)
+        if gpu:
+            torch.cuda.reset_peak_memory_stats(device)
         rss0, t, c = maxrss_mb(), time.perf_counter(), time.process_time()
-        res = batched.train_batched(cfgs, seeds, data, cfg, progress=False)
+        res = batched.train_batched(cfgs, seeds, data, cfg, progress=False, device=device)
+        sync(device)
         b_wall, b_cpu = time.perf_counter() - t, time.process_time() - c
         torch.set_num_threads(args.threads)
         b_acc = float(np.mean([r.summary["final_test_acc"] for r in res]))
+        peak = f", cuda peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" if gpu else ""
         est = stacks.estimate_memory_mb(cfgs, len(data.x))
         groups = len(stacks.plan_groups(cfgs, len(data.x), float("inf")))  # train_batched's width buckets
         speedups[case] = s_wall * k / b_wall
         print(f"{case:9s} K={k:3d} one-at-a-time {s_wall * k:7.1f} s (extrapolated from {min(sample, k)} "
               f"members, {s_wall * 1e3:.0f} ms/model, cpu {s_cpu * k:.1f} s, test_acc {s_acc:.3f}) | batched "
               f"{b_wall:6.1f} s in {groups} stack(s) (cpu {b_cpu:.1f} s, test_acc {b_acc:.3f}) | speedup {speedups[case]:.2f}x "
-              f"(cpu {s_cpu * k / b_cpu:.2f}x) | memory est {est:.0f} MB, maxrss {rss0:.0f}->{maxrss_mb():.0f} MB")
-    if "ddmlp" in args.side_by_side:
+              f"(cpu {s_cpu * k / b_cpu:.2f}x) | memory est {est:.0f} MB, maxrss {rss0:.0f}->{maxrss_mb():.0f} MB{peak}")
+    if "ddmlp" in args.side_by_side and not gpu:  # side by side is a CPU schedule
         stacks_in_turn_vs_side_by_side(data, args.steps * 4, args.batched_threads or args.threads)
-    print(f"machine check after: mm 1024^3 at {matmul_gflops():.0f} GFLOP/s")
+    if not gpu:
+        print(f"machine check after: mm 1024^3 at {matmul_gflops():.0f} GFLOP/s")
     fmt = {c: f"{speedups[c]:.2f}x" if c in speedups else "n/a" for c in ("mlp32", "cnn32", "widths64")}
     print(f"batched speedup mlp32: {fmt['mlp32']}, cnn32: {fmt['cnn32']}, widths64: {fmt['widths64']}")
 

@@ -163,6 +163,18 @@ def test_plan_groups_buckets_a_wide_width_range():
     assert groups[0][:3] == [2, 3, 4] and groups[-1][-1] == 300
 
 
+def test_plan_groups_keeps_a_gpu_group_whole_within_budget():
+    """On a GPU a step costs the same whatever the stack's size: one stack per group, unless memory cuts it."""
+    mlp = _member_cfgs("mlp", [2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61, 80, 104, 135, 177, 230, 300])
+    cnn = _member_cfgs("cnn", [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, *range(35, 101, 5)])
+    for cfgs in (mlp, cnn):  # the double-descent grids, under the batched launcher's default budget
+        assert len(stacks.plan_groups(cfgs, 4000, 2048, device="cpu")) > 1
+        assert len(stacks.plan_groups(cfgs, 4000, 2048, device="cuda")) == 1
+    budget = stacks.estimate_memory_mb(cnn, 4000) / 2
+    groups = stacks.plan_groups(cnn, 4000, budget, device="cuda:0")
+    assert len(groups) >= 2 and all(stacks.estimate_memory_mb([cnn[i] for i in g], 4000) <= budget for g in groups)
+
+
 def test_memory_budget_splits_but_keeps_results(random_data):
     cfg = {"steps": 20, "eval_every": 10, "batch_size": 50}
     cfgs, seeds = _member_cfgs("mlp", [4, 30, 8]), [0, 1, 2]
