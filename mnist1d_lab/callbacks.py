@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 log = logging.getLogger("mnist1d_lab.sweep")
 PROGRESS_FILE = ".progress.jsonl"
 TOTAL_FILE = ".progress_total.json"
+PLAN_FILE = ".progress_plan.json"  # {job number: estimated cost}, written by the batched launcher
 
 
 def count_jobs(task_overrides: list[str], sweeper_params: dict | None) -> int | None:
@@ -54,7 +55,8 @@ class SweepCallback(Callback):
         if not (sweep / TOTAL_FILE).is_file():
             return  # a single run, not a sweep
         ret = job_return.return_value if isinstance(getattr(job_return, "return_value", None), dict) else {}
-        count_job(sweep, "skipped" if ret.get("skipped") else ret.get("status", "failed"))
+        count_job(sweep, "skipped" if ret.get("skipped") else ret.get("status", "failed"),
+                  config.hydra.job.get("num"))
         log.info(progress_line(sweep))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -68,9 +70,20 @@ def set_total(sweep: Path, total: int | None) -> None:
     (sweep / TOTAL_FILE).write_text(json.dumps({"total": total, "start": time.time()}))
 
 
-def count_job(sweep: Path, status: str) -> None:
-    """Add one finished job (complete, diverged, failed or skipped) to the sweep's progress file."""
-    line = json.dumps({"status": status, "t": time.time()}) + "\n"
+def plan_jobs(sweep: Path, costs: dict[int, float]) -> None:
+    """Record the estimated cost of jobs about to run (by job number; merged with earlier plans), so
+    the ETA weighs the remaining jobs by cost instead of counting them."""
+    path = sweep / PLAN_FILE
+    plan = json.loads(path.read_text()) if path.is_file() else {"start": time.time(), "costs": {}}
+    plan["costs"].update({str(num): float(c) for num, c in costs.items()})
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(plan))
+    os.replace(tmp, path)
+
+
+def count_job(sweep: Path, status: str, num: int | None = None) -> None:
+    """Add one finished job (complete, diverged, failed or skipped; job number `num`) to the progress file."""
+    line = json.dumps({"status": status, "t": time.time(), "num": num}) + "\n"
     fd = os.open(sweep / PROGRESS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         os.write(fd, line.encode())  # one small O_APPEND write: atomic between processes
@@ -88,11 +101,27 @@ def progress_line(sweep: Path) -> str:
     elapsed = time.time() - meta["start"]
     ran = done - skipped
     eta = "?"
-    if total and ran:  # remaining runs are assumed to train, like the ones that did
-        eta = _mmss(elapsed / ran * max(0, total - done))
+    if total and ran:
+        eta = _mmss(_remaining(sweep, events, total, meta["start"]))
     total_s = total if total is not None else "?"
     return (f"sweep: {done}/{total_s} runs done ({skipped} skipped, {failed} failed/diverged), "
             f"{_mmss(elapsed)} elapsed, ETA {eta}")
+
+
+def _remaining(sweep: Path, events: list[dict], total: int, start: float) -> float:
+    """Seconds left: by estimated cost when a plan covers every job that ran and every job still to
+    come (the batched launcher writes one), at the cost per second since the plan was made (start-up
+    and skipping excluded); else by count, as if the remaining runs cost what the finished ones did on
+    average since the sweep started (optimistic when cheap runs finish first)."""
+    ran = [e for e in events if e["status"] != "skipped"]
+    path = sweep / PLAN_FILE
+    plan = json.loads(path.read_text()) if path.is_file() else {"start": start, "costs": {}}
+    finished = {str(e.get("num")) for e in events}
+    left = [c for num, c in plan["costs"].items() if num not in finished]
+    spent = sum(plan["costs"].get(str(e.get("num")), math.nan) for e in ran)
+    if len(left) == total - len(events) and spent > 0:  # nan (a job ran unplanned) fails the test
+        return (time.time() - plan["start"]) / spent * sum(left)
+    return (time.time() - start) / len(ran) * max(0, total - len(events))
 
 
 def _mmss(seconds: float) -> str:

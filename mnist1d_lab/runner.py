@@ -162,7 +162,8 @@ class _Stack:
 def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], workers: int = 1,
                    memory_budget_mb: float | None = None,
                    done: Callable[[int, int, dict], None] | None = None,
-                   side_by_side: bool = True) -> list[list[dict]]:
+                   side_by_side: bool = True,
+                   planned: Callable[[dict[tuple[int, int], float]], None] | None = None) -> list[list[dict]]:
     """Run groups of jobs (each sharing a group_key) as batched programs; one record per job, as
     execute() writes, and the summaries per group in job order.
 
@@ -174,7 +175,9 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
     threads. Records are written as each stack finishes; then, in the calling thread, `done(group
     index, job index, summary)` is called for each of its jobs (the launcher's per-job bookkeeping).
     A failure of a stack is recorded for each of its members; with stop_on_error, stacks not yet
-    started are not started.
+    started are not started. Before any training, `planned({(group, job): weight})` gets each job's
+    share of the estimated wall time (stacks.stack_cost x steps, divided among a stack's members and
+    by the stacks running at once), for a cost-weighted ETA; jobs without an estimate (a GRU) are left out.
     """
     from . import batched, stacks
     from .data import load
@@ -183,7 +186,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         for cfg in cfgs:
             validate(cfg)
     summaries: list[list[dict | None]] = []
-    contexts, planned = [], []
+    contexts, stacked, sequential = [], [], []
     for g, (cfgs, out_dirs) in enumerate(groups):
         summaries.append([lookup(c, Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)])
         todo = [i for i, s in enumerate(summaries[g]) if s is None]
@@ -192,8 +195,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         if len(todo) < 2 or not ok:
             if len(todo) > 1:
                 log.info("running %d jobs one at a time: %s", len(todo), reason)
-            for i in todo:
-                summaries[g][i] = execute(cfgs[i], out_dirs[i], workers)
+            sequential.append((g, todo))
             continue
         first = cfgs[todo[0]]
         device, threads = resolve_device(first.device), setup_torch(first, workers)
@@ -207,7 +209,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
                                    device)
         for part in parts:  # side by side, a large stack is cut into interleaved parts (stacks.spread)
             for members in stacks.spread([todo[j] for j in part], side):
-                planned.append(_Stack(g, members, steps * stacks.stack_cost([cfgs[i].model for i in members]), side))
+                stacked.append(_Stack(g, members, steps * stacks.stack_cost([cfgs[i].model for i in members]), side))
         contexts[g] = (data, device, threads)
         log.info("training %d runs as one batched program (%s, %d stack(s)%s)", len(todo), first.model.name,
                  len(parts), f", up to {side} side by side" if side > 1 else "")
@@ -231,11 +233,46 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         for i in stack.members if done else ():
             done(stack.group, i, summaries[stack.group][i])
 
-    pool = sorted((s for s in planned if s.side > 1), key=lambda s: -s.cost)  # longest first
-    if len(pool) > 1:  # one alone runs below, on all threads (train_batched may still split it)
+    pool = sorted((s for s in stacked if s.side > 1), key=lambda s: -s.cost)  # longest first
+    if len(pool) < 2:
+        pool = []  # one alone runs below, on all threads (train_batched may still split it)
+    if planned is not None:
+        weights = {(s.group, i): s.cost / len(s.members) / (s.side if pool and s.side > 1 else 1)
+                   for s in stacked for i in s.members}
+        for g, todo in sequential:
+            for i in todo:
+                cost = single_cost(groups[g][0][i])
+                if cost is not None:
+                    weights[(g, i)] = cost
+        planned(weights)
+    for g, todo in sequential:
+        for i in todo:
+            cfgs, out_dirs = groups[g]
+            summaries[g][i] = execute(cfgs[i], out_dirs[i], workers)
+            if done:
+                done(g, i, summaries[g][i])
+    if pool:
         stacks.run_side_by_side(run, pool, pool[0].side, notify)
-    for stack in planned:
-        if len(pool) < 2 or stack.side == 1:
+    for stack in stacked:
+        if not pool or stack.side == 1:
             torch.set_num_threads(contexts[stack.group][2])  # its group's thread count (setup_torch)
             notify(run(stack))
     return summaries
+
+
+def single_cost(cfg: DictConfig) -> float | None:
+    """The planner's cost estimate (stacks.stack_cost x steps) of one job trained alone; None for
+    families it does not model (the GRU) or a config it cannot read."""
+    from . import stacks
+    from .batched_models import BATCHABLE
+
+    try:  # only for the ETA: a config that is wrong here fails with its proper error when it runs
+        model = records.to_plain(cfg.model)
+        if model["name"] not in BATCHABLE:
+            return None
+        train_cfg = {**TRAIN_DEFAULTS, **cfg.train}
+        n = int(cfg.data.num_samples) // 10 * 10  # the generator's rows (whole classes); a guess if frozen
+        n_train = protocol.split_sizes(train_cfg, int(n * float(cfg.data.train_split)))[0]
+        return protocol.num_updates(train_cfg, n_train) * stacks.stack_cost([model])
+    except Exception:  # noqa: BLE001
+        return None

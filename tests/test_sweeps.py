@@ -15,7 +15,7 @@ import pytest
 from helpers import TINY, lab_env, run_lab, summaries, sweep_dirs
 from omegaconf import OmegaConf
 
-from mnist1d_lab import records
+from mnist1d_lab import callbacks, records
 from mnist1d_lab.callbacks import count_jobs
 
 TIMING = ["wall_time_s", "record_dir"]
@@ -118,6 +118,23 @@ def test_count_jobs_for_progress():
     assert count_jobs(["data.shear_scale=0,0.75,1.5", "data.corr_noise_scale=0,0.25"], None) == 6
 
 
+def test_eta_weighs_remaining_jobs_by_planned_cost(tmp_path):
+    callbacks.set_total(tmp_path, 5)
+    meta = json.loads((tmp_path / callbacks.TOTAL_FILE).read_text())
+    (tmp_path / callbacks.TOTAL_FILE).write_text(json.dumps({**meta, "start": time.time() - 100}))
+    callbacks.count_job(tmp_path, "skipped", 4)
+    callbacks.count_job(tmp_path, "complete", 0)
+    callbacks.count_job(tmp_path, "complete", 1)
+    assert callbacks.progress_line(tmp_path).endswith("ETA 1:40")  # by count: 2 more runs like these 2
+    callbacks.plan_jobs(tmp_path, {0: 1.0, 1: 1.0})
+    callbacks.plan_jobs(tmp_path, {2: 6.0, 3: 2.0})  # plans merge (the launcher plans lone and stacked jobs)
+    plan = json.loads((tmp_path / callbacks.PLAN_FILE).read_text())
+    (tmp_path / callbacks.PLAN_FILE).write_text(json.dumps({**plan, "start": time.time() - 50}))
+    assert callbacks.progress_line(tmp_path).endswith("ETA 3:20")  # 50 s since the plan per 2 units, 8 left
+    callbacks.count_job(tmp_path, "complete", 7)  # a job the plan does not know: back to counting
+    assert callbacks.progress_line(tmp_path).endswith("ETA 0:33")  # 3 ran in 100 s, 1 left
+
+
 def test_the_design_commands_work_from_any_folder(tmp_path):
     elsewhere = tmp_path / "some" / "other" / "folder"
     elsewhere.mkdir(parents=True)
@@ -161,6 +178,10 @@ def test_batched_launcher_records_match_the_sequential_path_and_resume_member_by
     assert (abs(basic["final_test_acc"] - fused["final_test_acc"]) < 0.05).all()  # float32: close, not equal
     for name in ("config.yaml", "curves.csv", "env.json", "summary.json", ".hydra/overrides.yaml"):
         assert len(list(sweep_dirs(tmp_path / "batched")[0].glob(f"*/{name}"))) == 6, name
+    plan = json.loads((sweep_dirs(tmp_path / "batched")[0] / callbacks.PLAN_FILE).read_text())
+    costs = plan["costs"]
+    assert sorted(costs, key=int) == [str(i) for i in range(6)] and min(costs.values()) > 0  # the ETA's costs
+    assert "ETA ?" not in (proc.stdout + proc.stderr).split("6/6 runs done")[0].split("1/6 runs done")[-1]
     # widen the sweep: only the new widths train, the finished members are skipped one by one
     again = run_lab(tmp_path / "batched", "-m", "model=mlp", "model.width=4,8,16,32", "seed=0,1", *TINY,
                     "hydra/launcher=batched", "num_threads=2", "hydra.launcher.side_by_side=false")

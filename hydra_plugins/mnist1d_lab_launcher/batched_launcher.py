@@ -61,7 +61,7 @@ class BatchedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
                job_nums: Sequence[int] | None = None) -> Sequence[JobReturn]:
-        from mnist1d_lab import runner
+        from mnist1d_lab import callbacks, runner
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -75,6 +75,10 @@ class BatchedLauncher(Launcher):
         log.info("Batched launcher: %d jobs in %d groups", len(configs), len(groups))
         fused = [members for members in groups.values() if len(members) > 1]  # a lone job: task function
         returns: list[JobReturn | None] = [None] * len(configs)
+        lone = {cfg.hydra.job.num: runner.single_cost(_task_part(cfg)) for members in groups.values()
+                if len(members) == 1 for cfg in [configs[members[0]]]}
+        if None not in lone.values():  # the ETA's plan (runner.execute_groups adds the stacked jobs)
+            callbacks.plan_jobs(Path(str(self.config.hydra.sweep.dir)), lone)
 
         def done(group: int, member: int, summary: dict) -> None:  # each stack's jobs, as it finishes
             i = fused[group][member]
@@ -91,16 +95,20 @@ class BatchedLauncher(Launcher):
     def _train_groups(self, groups: list[list[DictConfig]], done) -> list[list[dict]]:
         """Train the groups (stacks of several groups may run side by side), writing each record into
         the job folder Hydra will use; done(group, member, summary) as each stack finishes."""
-        from mnist1d_lab import runner
+        from mnist1d_lab import callbacks, runner
 
         if not groups:
             return []
         HydraConfig.instance().set_config(groups[0][0])
         jobs = [([_task_part(c) for c in cfgs], [Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir)
                                                  for c in cfgs]) for cfgs in groups]
+        def planned(costs: dict[tuple[int, int], float]) -> None:  # for the sweep's cost-weighted ETA
+            callbacks.plan_jobs(Path(str(self.config.hydra.sweep.dir)),
+                                {groups[g][i].hydra.job.num: c for (g, i), c in costs.items()})
+
         try:
             return runner.execute_groups(jobs, memory_budget_mb=self.memory_budget_mb, done=done,
-                                         side_by_side=self.side_by_side)
+                                         side_by_side=self.side_by_side, planned=planned)
         except ConfigError as exc:  # bad input: one line, exit 2, as the single-job path does
             print(f"mnist1d_lab: error: {exc}", file=sys.stderr)
             sys.exit(2)

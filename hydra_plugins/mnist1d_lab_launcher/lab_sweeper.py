@@ -139,7 +139,7 @@ class LabSweeper(BasicSweeper):
         out_dir = sweep_dir / self._subdir(overrides, num)
         summary = records.reuse(store, out_dir)
         log.info("#%d %s skipped: complete record %s in the store", num, " ".join(overrides), summary["run_key"])
-        callbacks.count_job(sweep_dir, "skipped")
+        callbacks.count_job(sweep_dir, "skipped", num)
         ret = JobReturn(overrides=list(overrides), cfg=task, working_dir=str(out_dir), status=JobStatus.COMPLETED)
         ret.return_value = summary
         return ret
