@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 log = logging.getLogger("mnist1d_lab.sweep")
 PROGRESS_FILE = ".progress.jsonl"
 TOTAL_FILE = ".progress_total.json"
-PLAN_FILE = ".progress_plan.json"  # {job number: estimated cost}, written by the batched launcher
+PLAN_FILE = ".progress_plan.json"  # {"start": time, "costs": {job number: estimated cost}}: batched launcher
 
 
 def count_jobs(task_overrides: list[str], sweeper_params: dict | None) -> int | None:

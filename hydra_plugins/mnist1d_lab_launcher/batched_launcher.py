@@ -102,6 +102,7 @@ class BatchedLauncher(Launcher):
         HydraConfig.instance().set_config(groups[0][0])
         jobs = [([_task_part(c) for c in cfgs], [Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir)
                                                  for c in cfgs]) for cfgs in groups]
+
         def planned(costs: dict[tuple[int, int], float]) -> None:  # for the sweep's cost-weighted ETA
             callbacks.plan_jobs(Path(str(self.config.hydra.sweep.dir)),
                                 {groups[g][i].hydra.job.num: c for (g, i), c in costs.items()})
