@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 log = logging.getLogger("mnist1d_lab.sweep")
 PROGRESS_FILE = ".progress.jsonl"
 TOTAL_FILE = ".progress_total.json"
-PLAN_FILE = ".progress_plan.json"  # {"start": time, "costs": {job number: estimated cost}}: batched launcher
+PLAN_FILE = ".progress_plan.json"  # {"start": time, "costs": {job: cost}, "together": [[job, ...], ...]}
 
 
 def count_jobs(task_overrides: list[str], sweeper_params: dict | None) -> int | None:
@@ -70,12 +70,15 @@ def set_total(sweep: Path, total: int | None) -> None:
     (sweep / TOTAL_FILE).write_text(json.dumps({"total": total, "start": time.time()}))
 
 
-def plan_jobs(sweep: Path, costs: dict[int, float]) -> None:
-    """Record the estimated cost of jobs about to run (by job number; merged with earlier plans), so
-    the ETA weighs the remaining jobs by cost instead of counting them."""
+def plan_jobs(sweep: Path, stacks: list[dict[int, float]]) -> None:
+    """Record the estimated cost of jobs about to run, by job number, as groups of jobs that finish
+    together (a stack; merged with earlier plans), so the ETA weighs the remaining jobs by cost instead
+    of counting them (the batched launcher writes it)."""
     path = sweep / PLAN_FILE
-    plan = json.loads(path.read_text()) if path.is_file() else {"start": time.time(), "costs": {}}
-    plan["costs"].update({str(num): float(c) for num, c in costs.items()})
+    plan = json.loads(path.read_text()) if path.is_file() else {"start": time.time(), "costs": {}, "together": []}
+    for stack in stacks:
+        plan["costs"].update({str(num): float(c) for num, c in stack.items()})
+        plan["together"].append([str(num) for num in stack])
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(plan))
     os.replace(tmp, path)
@@ -115,12 +118,17 @@ def _remaining(sweep: Path, events: list[dict], total: int, start: float) -> flo
     average since the sweep started (optimistic when cheap runs finish first)."""
     ran = [e for e in events if e["status"] != "skipped"]
     path = sweep / PLAN_FILE
-    plan = json.loads(path.read_text()) if path.is_file() else {"start": start, "costs": {}}
-    finished = {str(e.get("num")) for e in events}
-    left = [c for num, c in plan["costs"].items() if num not in finished]
-    spent = sum(plan["costs"].get(str(e.get("num")), math.nan) for e in ran)
-    if len(left) == total - len(events) and spent > 0:  # nan (a job ran unplanned) fails the test
-        return (time.time() - plan["start"]) / spent * sum(left)
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        costs, finished = plan["costs"], {str(e.get("num")) for e in events}
+        if all(str(e.get("num")) in costs for e in ran):  # else a job ran unplanned: count instead
+            for stack in plan["together"]:  # a stack's jobs are booked one by one but all done at once
+                if finished.intersection(stack):
+                    finished.update(stack)
+            left = [c for num, c in costs.items() if num not in finished]
+            spent = sum(costs.get(num, 0.0) for num in finished)
+            if len(left) == total - len(finished) and spent > 0:
+                return (time.time() - plan["start"]) / spent * sum(left)
     return (time.time() - start) / len(ran) * max(0, total - len(events))
 
 

@@ -163,7 +163,8 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
                    memory_budget_mb: float | None = None,
                    done: Callable[[int, int, dict], None] | None = None,
                    side_by_side: bool = True,
-                   planned: Callable[[dict[tuple[int, int], float]], None] | None = None) -> list[list[dict]]:
+                   planned: Callable[[list[dict[tuple[int, int], float]]], None] | None = None
+                   ) -> list[list[dict]]:
     """Run groups of jobs (each sharing a group_key) as batched programs; one record per job, as
     execute() writes, and the summaries per group in job order.
 
@@ -175,9 +176,10 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
     threads. Records are written as each stack finishes; then, in the calling thread, `done(group
     index, job index, summary)` is called for each of its jobs (the launcher's per-job bookkeeping).
     A failure of a stack is recorded for each of its members; with stop_on_error, stacks not yet
-    started are not started. Before any training, `planned({(group, job): weight})` gets each job's
-    share of the estimated wall time (stacks.stack_cost x steps, divided among a stack's members and
-    by the stacks running at once), for a cost-weighted ETA; jobs without an estimate (a GRU) are left out.
+    started are not started. Before any training, `planned([{(group, job): weight}, ...])` gets, per
+    stack (jobs that finish together; one job each when run one at a time), each job's share of the
+    estimated wall time (stacks.stack_cost x steps, divided among a stack's members and by the stacks
+    running at once), for a cost-weighted ETA; jobs without an estimate (a GRU) are left out.
     """
     from . import batched, stacks
     from .data import load
@@ -237,14 +239,10 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
     if len(pool) < 2:
         pool = []  # one alone runs below, on all threads (train_batched may still split it)
     if planned is not None:
-        weights = {(s.group, i): s.cost / len(s.members) / (s.side if pool and s.side > 1 else 1)
-                   for s in stacked for i in s.members}
-        for g, todo in sequential:
-            for i in todo:
-                cost = single_cost(groups[g][0][i])
-                if cost is not None:
-                    weights[(g, i)] = cost
-        planned(weights)
+        plan = [{(s.group, i): s.cost / len(s.members) / (s.side if pool and s.side > 1 else 1) for i in s.members}
+                for s in stacked]
+        singles = [((g, i), single_cost(groups[g][0][i])) for g, todo in sequential for i in todo]
+        planned(plan + [{job: cost} for job, cost in singles if cost is not None])
     for g, todo in sequential:
         for i in todo:
             cfgs, out_dirs = groups[g]

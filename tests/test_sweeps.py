@@ -119,20 +119,22 @@ def test_count_jobs_for_progress():
 
 
 def test_eta_weighs_remaining_jobs_by_planned_cost(tmp_path):
-    callbacks.set_total(tmp_path, 5)
+    callbacks.set_total(tmp_path, 6)
     meta = json.loads((tmp_path / callbacks.TOTAL_FILE).read_text())
     (tmp_path / callbacks.TOTAL_FILE).write_text(json.dumps({**meta, "start": time.time() - 100}))
-    callbacks.count_job(tmp_path, "skipped", 4)
+    callbacks.count_job(tmp_path, "skipped", 5)
     callbacks.count_job(tmp_path, "complete", 0)
     callbacks.count_job(tmp_path, "complete", 1)
-    assert callbacks.progress_line(tmp_path).endswith("ETA 1:40")  # by count: 2 more runs like these 2
-    callbacks.plan_jobs(tmp_path, {0: 1.0, 1: 1.0})
-    callbacks.plan_jobs(tmp_path, {2: 6.0, 3: 2.0})  # plans merge (the launcher plans lone and stacked jobs)
+    assert callbacks.progress_line(tmp_path).endswith("ETA 2:30")  # by count: 3 more runs like these 2
+    callbacks.plan_jobs(tmp_path, [{0: 1.0}, {1: 1.0}, {4: 2.0}])
+    callbacks.plan_jobs(tmp_path, [{2: 6.0, 3: 2.0}])  # plans merge (the launcher plans lone and stacked jobs)
     plan = json.loads((tmp_path / callbacks.PLAN_FILE).read_text())
     (tmp_path / callbacks.PLAN_FILE).write_text(json.dumps({**plan, "start": time.time() - 50}))
-    assert callbacks.progress_line(tmp_path).endswith("ETA 3:20")  # 50 s since the plan per 2 units, 8 left
+    assert callbacks.progress_line(tmp_path).endswith("ETA 4:10")  # 50 s since the plan per 2 units, 10 left
+    callbacks.count_job(tmp_path, "complete", 3)  # job 2 trained in the same stack: done too
+    assert callbacks.progress_line(tmp_path).endswith("ETA 0:10")  # 50 s per 10 units, 2 left
     callbacks.count_job(tmp_path, "complete", 7)  # a job the plan does not know: back to counting
-    assert callbacks.progress_line(tmp_path).endswith("ETA 0:33")  # 3 ran in 100 s, 1 left
+    assert callbacks.progress_line(tmp_path).endswith("ETA 0:25")  # 4 ran in 100 s, 1 left by count
 
 
 def test_the_design_commands_work_from_any_folder(tmp_path):

@@ -75,9 +75,9 @@ class BatchedLauncher(Launcher):
         log.info("Batched launcher: %d jobs in %d groups", len(configs), len(groups))
         fused = [members for members in groups.values() if len(members) > 1]  # a lone job: task function
         returns: list[JobReturn | None] = [None] * len(configs)
-        lone = {cfg.hydra.job.num: runner.single_cost(_task_part(cfg)) for members in groups.values()
-                if len(members) == 1 for cfg in [configs[members[0]]]}
-        if None not in lone.values():  # the ETA's plan (runner.execute_groups adds the stacked jobs)
+        lone = [{cfg.hydra.job.num: runner.single_cost(_task_part(cfg))} for members in groups.values()
+                if len(members) == 1 for cfg in [configs[members[0]]]]
+        if all(None not in job.values() for job in lone):  # the ETA's plan (execute_groups adds the rest)
             callbacks.plan_jobs(Path(str(self.config.hydra.sweep.dir)), lone)
 
         def done(group: int, member: int, summary: dict) -> None:  # each stack's jobs, as it finishes
@@ -103,9 +103,9 @@ class BatchedLauncher(Launcher):
         jobs = [([_task_part(c) for c in cfgs], [Path(str(c.hydra.sweep.dir)) / str(c.hydra.sweep.subdir)
                                                  for c in cfgs]) for cfgs in groups]
 
-        def planned(costs: dict[tuple[int, int], float]) -> None:  # for the sweep's cost-weighted ETA
+        def planned(stacks: list[dict[tuple[int, int], float]]) -> None:  # for the sweep's cost-weighted ETA
             callbacks.plan_jobs(Path(str(self.config.hydra.sweep.dir)),
-                                {groups[g][i].hydra.job.num: c for (g, i), c in costs.items()})
+                                [{groups[g][i].hydra.job.num: c for (g, i), c in s.items()} for s in stacks])
 
         try:
             return runner.execute_groups(jobs, memory_budget_mb=self.memory_budget_mb, done=done,
