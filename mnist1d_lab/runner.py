@@ -211,7 +211,8 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
                                    device)
         for part in parts:  # side by side, a large stack is cut into interleaved parts (stacks.spread)
             for members in stacks.spread([todo[j] for j in part], side):
-                stacked.append(_Stack(g, members, steps * stacks.stack_cost([cfgs[i].model for i in members]), side))
+                cost = steps * stacks.stack_cost([cfgs[i].model for i in members], device)
+                stacked.append(_Stack(g, members, cost, side))
         contexts[g] = (data, device, threads)
         log.info("training %d runs as one batched program (%s, %d stack(s)%s)", len(todo), first.model.name,
                  len(parts), f", up to {side} side by side" if side > 1 else "")
@@ -271,6 +272,6 @@ def single_cost(cfg: DictConfig) -> float | None:
         train_cfg = {**TRAIN_DEFAULTS, **cfg.train}
         n = int(cfg.data.num_samples) // 10 * 10  # the generator's rows (whole classes); a guess if frozen
         n_train = protocol.split_sizes(train_cfg, int(n * float(cfg.data.train_split)))[0]
-        return protocol.num_updates(train_cfg, n_train) * stacks.stack_cost([model])
+        return protocol.num_updates(train_cfg, n_train) * stacks.stack_cost([model], resolve_device(cfg.device))
     except Exception:  # noqa: BLE001
         return None

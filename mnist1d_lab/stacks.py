@@ -57,7 +57,8 @@ def estimate_memory_mb(model_cfgs: Sequence[Mapping], n_train: int, batch_size: 
 GROUP_OVERHEAD = 150_000
 # On a GPU the step is all overhead (kernel launches, Python): on an H200, double-descent stacks took the
 # same time whatever their size (20,000 steps: MLP stacks of 13 and 2 members 35.5 and 36.2 s, CNN
-# stacks of 9 and 3 members 52.7 and 57 s), so a group stays one stack unless the memory budget cuts it.
+# stacks of 9 and 3 members 52.7 and 57 s), so a group stays one stack unless the memory budget cuts it,
+# and the sweep ETA counts every GPU stack step as about equally expensive (within ~1.6x, measured).
 GPU_GROUP_OVERHEAD = 1e12
 
 
@@ -71,9 +72,13 @@ def _flops_per_example(cfg: Mapping, input_len: int = 40) -> float:
     return 5 * 19 * w + 3 * w * w * (10 + 5) + 5 * w * 10  # the paper's CNN layout: lengths 19, 10, 5
 
 
-def stack_cost(model_cfgs: Sequence[Mapping]) -> float:
+def _overhead(device: str | torch.device) -> float:
+    return GROUP_OVERHEAD if str(device).startswith("cpu") else GPU_GROUP_OVERHEAD
+
+
+def stack_cost(model_cfgs: Sequence[Mapping], device: str | torch.device = "cpu") -> float:
     """plan_groups' estimated time of one stack per step (relative units): overhead + padded members."""
-    return GROUP_OVERHEAD + len(model_cfgs) * max(_flops_per_example(c) for c in model_cfgs)
+    return _overhead(device) + len(model_cfgs) * max(_flops_per_example(c) for c in model_cfgs)
 
 
 SIDE_BY_SIDE = ("logistic", "mlp")  # families whose stacks train side by side (side_by_side)
@@ -102,7 +107,7 @@ def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
     overhead-bound members share one group. Exact dynamic programming over the sorted order. On a GPU
     the overhead is everything (GPU_GROUP_OVERHEAD): groups are cut only to fit the budget.
     """
-    overhead = GROUP_OVERHEAD if str(device).startswith("cpu") else GPU_GROUP_OVERHEAD
+    overhead = _overhead(device)
     order = sorted(range(len(model_cfgs)), key=lambda i: _width(model_cfgs[i]))
     if not order:
         return []
