@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -162,10 +162,9 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) ->
     total = protocol.num_updates(cfg, n)
     evals = set(protocol.eval_steps(total, int(cfg["eval_every"])))
     if cfg["batch_order"] == "sequential":  # one order for all: the first layer is one shared mm
-        orders = [protocol.batches(n, batch_size, "sequential")]
+        shared = protocol.batches(n, batch_size, "sequential")
     else:
-        orders = [protocol.batches(n, batch_size, "reshuffle", protocol.generator(s, "batch_order"))
-                  for s in seeds]
+        per_member = _member_batches(n, batch_size, [protocol.generator(s, "batch_order") for s in seeds], device)
     members = torch.arange(K, device=device).unsqueeze(1)  # (K, 1) for per-member gathers
     optimizer = make_optimizer(model, cfg)
     optimizer_step = _step_fn(optimizer)  # fused Adam's kernels without torch.optim's Python, as train.train
@@ -192,11 +191,11 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) ->
     for step in range(1, total + 1):
         if not any(alive):
             break
-        if len(orders) == 1:
-            sel = next(orders[0])
+        if cfg["batch_order"] == "sequential":
+            sel = next(shared)
             xb, yb = x[..., sel, :], y[:, sel]  # (B, L) shared or (K, B, L); (K, B)
         else:
-            idx = torch.stack([next(o) for o in orders]).to(device)  # (K, B)
+            idx = next(per_member)  # (K, B)
             xb = x[idx] if x.dim() == 2 else x[members, idx]  # (K, B, L)
             yb = y.gather(1, idx)
         losses = _member_losses(loss_name, model(xb), yb).mean(-1)  # (K,) each member's mean loss
@@ -221,6 +220,14 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) ->
         results.append(protocol.TrainResult(curves=curves, summary=summary, model=member))
     log.info("trained %d members x %d steps in %.1f s", K, total, seconds)
     return results
+
+
+def _member_batches(n: int, batch_size: int, gens: Sequence[torch.Generator], device) -> Iterator[torch.Tensor]:
+    """Endless (K, B) row indices, member k's row k drawn exactly as protocol.batches(n, batch_size,
+    "reshuffle", gens[k]) draws it (one randperm per epoch, split into batches), one copy to the
+    device per epoch: on a GPU a per-step copy from host memory waits for the queued kernels."""
+    while True:
+        yield from torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device).split(batch_size, 1)
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist1d_lab import batched, models, stacks, train
+from mnist1d_lab import batched, models, protocol, stacks, train
 from mnist1d_lab.batched_models import StackedHead
 from mnist1d_lab.errors import ConfigError
 
@@ -140,6 +140,15 @@ def test_can_batch_rules():
     assert not batched.can_batch(_member_cfgs("mlp", [10, 10]), {"grad_clip": 1.0})[0]
     with pytest.raises(ConfigError):
         batched.train_batched([{"name": "mlp"}, {"name": "logistic"}], [0, 1], None, cfg)
+
+
+def test_member_batches_draw_what_each_member_would_draw_alone():
+    gens = lambda: [protocol.generator(s, "batch_order") for s in (3, 4)]  # noqa: E731
+    alone = [protocol.batches(130, 50, "reshuffle", g) for g in gens()]  # short last batch: 130 = 2 * 50 + 30
+    stacked = batched._member_batches(130, 50, gens(), "cpu")
+    for _ in range(9):  # three epochs
+        idx = next(stacked)
+        assert torch.equal(idx, torch.stack([next(o) for o in alone]))
 
 
 def test_plan_groups_respects_budget():
