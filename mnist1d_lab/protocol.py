@@ -64,13 +64,15 @@ def eval_steps(total: int, every: int) -> list[int]:
     return sorted(set(range(0, total + 1, every)) | {total})
 
 
-def batches(n: int, batch_size: int, order: str, gen: torch.Generator | None = None) -> Iterator:
+def batches(n: int, batch_size: int, order: str, gen: torch.Generator | None = None,
+            device: str | torch.device = "cpu") -> Iterator:
     """Endless row selectors, one per update: slices (sequential) or index tensors (reshuffle).
 
     sequential: update s uses rows [(s*B) mod n, (s*B) mod n + B), clipped at n: the original's
         fixed order, identical every epoch (a short batch at the end when B does not divide n).
-    reshuffle:  each epoch draws randperm(n) from `gen` and splits it into batches of B (the last
-        may be short); batches never cross epochs.
+    reshuffle:  each epoch draws randperm(n) from `gen` (a CPU generator) and splits it into batches
+        of B (the last may be short); batches never cross epochs. The epoch's permutation is copied
+        to `device` once (on a GPU a per-step copy from host memory waits for the queued kernels).
     """
     if order == "sequential":
         step = 0
@@ -80,7 +82,7 @@ def batches(n: int, batch_size: int, order: str, gen: torch.Generator | None = N
             step += 1
     elif order == "reshuffle":
         while True:
-            yield from torch.randperm(n, generator=gen).split(batch_size)
+            yield from torch.randperm(n, generator=gen).to(device).split(batch_size)
     else:
         raise ConfigError("train.batch_order", order, f"one of {list(BATCH_ORDERS)}")
 

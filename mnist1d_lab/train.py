@@ -167,7 +167,7 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
     n, batch_size, loss_name = len(x), int(cfg["batch_size"]), cfg["loss"]
     total = protocol.num_updates(cfg, n)
     evals = set(protocol.eval_steps(total, int(cfg["eval_every"])))
-    rows = protocol.batches(n, batch_size, cfg["batch_order"], protocol.generator(seed, "batch_order"))
+    rows = protocol.batches(n, batch_size, cfg["batch_order"], protocol.generator(seed, "batch_order"), device)
     optimizer = make_optimizer(model, cfg)
     optimizer_step = _step_fn(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
