@@ -264,14 +264,14 @@ def single_cost(cfg: DictConfig) -> float | None:
     families it does not model (the GRU) or a config it cannot read."""
     from . import stacks
     from .batched_models import BATCHABLE
+    from .data import split_rows
 
     try:  # only for the ETA: a config that is wrong here fails with its proper error when it runs
         model = records.to_plain(cfg.model)
         if model["name"] not in BATCHABLE:
             return None
         train_cfg = {**TRAIN_DEFAULTS, **cfg.train}
-        n = int(cfg.data.num_samples) // 10 * 10  # the generator's rows (whole classes); a guess if frozen
-        n_train = protocol.split_sizes(train_cfg, int(n * float(cfg.data.train_split)))[0]
+        n_train = protocol.split_sizes(train_cfg, split_rows(cfg.data)[0])[0]  # generated rows (a guess if frozen)
         return protocol.num_updates(train_cfg, n_train) * stacks.stack_cost([model], resolve_device(cfg.device))
     except Exception:  # noqa: BLE001
         return None

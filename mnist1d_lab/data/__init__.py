@@ -8,7 +8,7 @@ the lab's entry point `load(cfg.data, device) -> DataSplit`. Modules:
 """
 
 from .api import MNIST1D, DataSplit, dataset, export_npz, generate, load
-from .config import DEFAULTS, GENERATOR_VERSION, cache_key, knobs, validate
+from .config import DEFAULTS, GENERATOR_VERSION, cache_key, knobs, split_rows, validate
 from .exact import get_dataset_args, get_templates, make_dataset, seq_permutation
 from .fast import make_fast
 from .store import load_frozen
@@ -16,5 +16,5 @@ from .store import load_frozen
 __all__ = [
     "DEFAULTS", "GENERATOR_VERSION", "MNIST1D", "DataSplit", "cache_key", "dataset", "export_npz", "generate",
     "get_dataset_args", "get_templates", "knobs", "load", "load_frozen", "make_dataset", "make_fast",
-    "seq_permutation", "validate",
+    "seq_permutation", "split_rows", "validate",
 ]

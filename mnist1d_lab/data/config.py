@@ -117,10 +117,18 @@ def validate(cfg: Mapping | Any | None) -> None:
     for key in ("train_split", "scale_coeff", "corr_noise_scale", "iid_noise_scale", "shear_scale"):
         need(key, _is_num(k[key]), "a number")
     need("train_split", 0 < k["train_split"] < 1, "a fraction strictly between 0 and 1")
-    n = k["num_samples"] // 10 * 10
-    need("train_split", 1 <= int(n * k["train_split"]) < n, f"a split leaving >= 1 train and test example of {n}")
+    train, test = split_rows(k)
+    need("train_split", train >= 1 and test >= 1, f"a split leaving >= 1 train and test example of {train + test}")
     for key in ("scale_coeff", "corr_noise_scale", "iid_noise_scale", "shear_scale"):
         need(key, k[key] >= 0, "a number >= 0")
+
+
+def split_rows(cfg: Mapping | Any | None) -> tuple[int, int]:
+    """(train, test) rows the generator makes: num_samples rounded down to whole classes, cut at train_split."""
+    k = knobs(cfg)
+    n = k["num_samples"] // 10 * 10
+    split = int(n * k["train_split"])
+    return split, n - split
 
 
 def cache_key(cfg: Mapping | Any | None) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..paths import cache_dir
-from .config import cache_key
+from .config import cache_key, split_rows
 
 log = logging.getLogger(__name__)
 ARRAYS = ("x", "y", "x_test", "y_test", "t")  # plus templates_x / templates_t / templates_y
@@ -74,9 +74,8 @@ def cache_path(a: dict[str, Any]) -> Path:
 
 
 def _expected_shapes(a: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    n = a["num_samples"] // 10 * 10
-    split, f = int(n * a["train_split"]), a["final_seq_length"]
-    return {"x": (split, f), "y": (split,), "x_test": (n - split, f), "y_test": (n - split,), "t": (f,)}
+    (split, test), f = split_rows(a), a["final_seq_length"]
+    return {"x": (split, f), "y": (split,), "x_test": (test, f), "y_test": (test,), "t": (f,)}
 
 
 def read_cache(path: Path, a: dict[str, Any]) -> dict[str, Any] | None:
