@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from . import cpu, models, protocol
 from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel
 from .errors import ConfigError
-from .stacks import EVAL_ELEMS, MAX_WORKERS, act_per_example, plan_groups, run_side_by_side, spread
+from .stacks import EVAL_ELEMS, MAX_WORKERS, act_per_example, on_cpu, plan_groups, run_side_by_side, spread
 from .train import TRAIN_DEFAULTS, _step_fn, make_optimizer, validate_train
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,11 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     validate_train(cfg, len(data.x))
     n_train = protocol.split_sizes(cfg, len(data.x))[0]
     budget = math.inf if memory_budget_mb is None else memory_budget_mb
-    on_cpu = str(device or data.x.device).startswith("cpu")
-    groups = plan_groups(model_cfgs, n_train, budget, int(cfg["batch_size"]), device or data.x.device) if plan else []
+    where = device or data.x.device
+    groups = plan_groups(model_cfgs, n_train, budget, int(cfg["batch_size"]), where) if plan else []
     if len(groups) <= 1 or (memory_budget_mb is None and hook is not None):
         groups = [list(range(len(model_cfgs)))]  # with a hook and no budget: one stack, the hook sees all
-    workers = 1 if hook is not None or not on_cpu else min(torch.get_num_threads(), MAX_WORKERS)
+    workers = 1 if hook is not None or not on_cpu(where) else min(torch.get_num_threads(), MAX_WORKERS)
     results: list = [None] * len(model_cfgs)
 
     def run(group: list[int]) -> tuple[list[int], list]:

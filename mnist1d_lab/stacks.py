@@ -72,8 +72,13 @@ def _flops_per_example(cfg: Mapping, input_len: int = 40) -> float:
     return 5 * 19 * w + 3 * w * w * (10 + 5) + 5 * w * 10  # the paper's CNN layout: lengths 19, 10, 5
 
 
+def on_cpu(device: str | torch.device) -> bool:
+    """Whether `device` ("cpu", "cuda:0", a torch.device) is the CPU, where the CPU cost model and side by side apply."""
+    return str(device).startswith("cpu")
+
+
 def _overhead(device: str | torch.device) -> float:
-    return GROUP_OVERHEAD if str(device).startswith("cpu") else GPU_GROUP_OVERHEAD
+    return GROUP_OVERHEAD if on_cpu(device) else GPU_GROUP_OVERHEAD
 
 
 def stack_cost(model_cfgs: Sequence[Mapping], device: str | torch.device = "cpu") -> float:
@@ -93,7 +98,7 @@ def side_by_side(name: str, threads: int, device: str | torch.device = "cpu") ->
     use both threads (one thread each was 1.65-2x slower per stack; side by side 0.82-1.06x), so they
     run one at a time on all threads. On CUDA, stacks run one at a time.
     """
-    if name not in SIDE_BY_SIDE or not str(device).startswith("cpu"):
+    if name not in SIDE_BY_SIDE or not on_cpu(device):
         return 1
     return max(1, min(threads, MAX_WORKERS))
 
