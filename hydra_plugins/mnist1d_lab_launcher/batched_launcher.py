@@ -75,10 +75,10 @@ class BatchedLauncher(Launcher):
         log.info("Batched launcher: %d jobs in %d groups", len(configs), len(groups))
         fused = [members for members in groups.values() if len(members) > 1]  # a lone job: task function
         returns: list[JobReturn | None] = [None] * len(configs)
-        lone = [{cfg.hydra.job.num: runner.single_cost(_task_part(cfg))} for members in groups.values()
-                if len(members) == 1 for cfg in [configs[members[0]]]]
-        if all(None not in job.values() for job in lone):  # the ETA's plan (execute_groups adds the rest)
-            callbacks.plan_jobs(Path(str(self.config.hydra.sweep.dir)), lone)
+        lone = {configs[i].hydra.job.num: runner.single_cost(_task_part(configs[i]))
+                for members in groups.values() if len(members) == 1 for i in members}
+        if None not in lone.values():  # the ETA's plan (execute_groups adds the stacked jobs)
+            callbacks.plan_jobs(Path(str(self.config.hydra.sweep.dir)), [{num: c} for num, c in lone.items()])
 
         def done(group: int, member: int, summary: dict) -> None:  # each stack's jobs, as it finishes
             i = fused[group][member]
