@@ -36,7 +36,7 @@ from . import cpu, models, protocol
 from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel
 from .errors import ConfigError
 from .stacks import EVAL_ELEMS, MAX_WORKERS, act_per_example, on_cpu, plan_groups, run_side_by_side, spread
-from .train import TRAIN_DEFAULTS, _step_fn, make_optimizer, validate_train
+from .train import TRAIN_DEFAULTS, GraphedUpdate, _step_fn, can_graph, make_optimizer, validate_train
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _stack_same(ts: Sequence[torch.Tensor]) -> torch.Tensor:
 def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg: Mapping,
                   progress: bool = True, device: str | torch.device | None = None, hook: Hook | None = None,
                   memory_budget_mb: float | None = None, dtype: torch.dtype | None = None,
-                  plan: bool = True) -> list[protocol.TrainResult]:
+                  plan: bool = True, cuda_graphs: bool = True) -> list[protocol.TrainResult]:
     """Train member k = (model_cfgs[k], seeds[k]) as train.train would, all at once; one TrainResult each.
 
     `hook(step, stacked_model, optimizer)` runs after every update. Members are split by
@@ -112,7 +112,8 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     and no hook, a stack of 2 * stacks.MIN_SPLIT or more members trains as parts side by side
     (`stacks.spread`). With a hook and no budget they stay one stack, so the hook sees every member;
     with `plan=False` too (the caller planned the stacks: `runner.execute_groups` writes records stack
-    by stack). `dtype` defaults to data.x's.
+    by stack). `dtype` defaults to data.x's. On CUDA each stack's update is replayed as one CUDA graph
+    (train.GraphedUpdate) when there is no hook and every batch is full; `cuda_graphs=False` keeps it eager.
     """
     if len(model_cfgs) != len(seeds):
         raise ValueError(f"{len(model_cfgs)} model configs but {len(seeds)} seeds")
@@ -132,7 +133,7 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
 
     def run(group: list[int]) -> tuple[list[int], list]:
         return group, _train_group([model_cfgs[i] for i in group], [seeds[i] for i in group], data, cfg,
-                                   progress, device, hook, dtype)
+                                   progress, device, hook, dtype, cuda_graphs)
 
     for stack in groups:  # one after another; a large stack is split into parts trained side by side
         parts = spread(stack, workers)
@@ -142,7 +143,8 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     return results
 
 
-def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) -> list[protocol.TrainResult]:
+def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
+                 cuda_graphs: bool = True) -> list[protocol.TrainResult]:
     cpu.tune()  # flushed denormals, no page faults from freed activations (cpu.py)
     device = torch.device(device) if device is not None else data.x.device
     dtype = dtype or data.x.dtype
@@ -185,6 +187,14 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) ->
                     _freeze(model, optimizer, k)
                     weight[k] = 0.0
 
+    def update(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        losses = _member_losses(loss_name, model(xb), yb).mean(-1)  # (K,) each member's mean loss
+        for p in params:  # = optimizer.zero_grad(set_to_none=True)
+            p.grad = None
+        (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
+        optimizer_step()
+
+    graphed = GraphedUpdate(update) if cuda_graphs and can_graph(device, hook, n, batch_size) else None
     bar = tqdm(total=total, disable=not progress, desc=f"train x{K}", unit="step", leave=False)
     start = time.perf_counter()
     run_eval(0)
@@ -198,11 +208,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype) ->
             idx = next(per_member)  # (K, B)
             xb = x[idx] if x.dim() == 2 else x[members, idx]  # (K, B, L)
             yb = y.gather(1, idx)
-        losses = _member_losses(loss_name, model(xb), yb).mean(-1)  # (K,) each member's mean loss
-        for p in params:  # = optimizer.zero_grad(set_to_none=True)
-            p.grad = None
-        (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
-        optimizer_step()
+        (graphed or update)(xb, yb)
         if hook is not None:
             hook(step, model, optimizer)
         if step in evals:

@@ -30,8 +30,8 @@ from . import paths
 log = logging.getLogger(__name__)
 
 # Keys that do not change a run's result, so they are left out of its store key.
-RESULT_NEUTRAL_KEYS = ("paths", "force", "progress", "num_threads", "stop_on_error", "device", "hydra",
-                       "data.cache", "data.cache_dir")
+RESULT_NEUTRAL_KEYS = ("paths", "force", "progress", "num_threads", "stop_on_error", "device", "cuda_graphs",
+                       "hydra", "data.cache", "data.cache_dir")
 DONE_STATUSES = ("complete", "diverged")  # finished records; `failed` ones are retried
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~15x faster than OmegaConf.load
 

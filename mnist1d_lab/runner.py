@@ -224,7 +224,8 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         start = time.perf_counter()
         results, error = _attempt(lambda: batched.train_batched(
             [cfgs[i].model for i in stack.members], [cfgs[i].seed for i in stack.members], data, first.train,
-            progress=first.progress, device=device, plan=False), "batched stack")
+            progress=first.progress, device=device, plan=False, cuda_graphs=first.get("cuda_graphs", True)),
+            "batched stack")
         wall = (time.perf_counter() - start) / len(stack.members)  # the stack's wall time, shared equally
         for j, i in enumerate(stack.members):
             summaries[stack.group][i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None,

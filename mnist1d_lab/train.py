@@ -142,15 +142,73 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> t
     return torch.stack([protocol.loss_fn(loss, logits, y), acc])
 
 
+GRAPH_WARMUP = 3  # eager updates (on a side stream) before the update is captured as a CUDA graph
+
+
+def can_graph(device: torch.device, hook: Hook | None, n: int, batch_size: int) -> bool:
+    """Whether the training step can be one CUDA graph: on CUDA, no per-step hook (it may do anything
+    to the model), and every batch the same shape (batch_size divides the training rows)."""
+    return device.type == "cuda" and hook is None and n % batch_size == 0
+
+
+class GraphedUpdate:
+    """`update(xb, yb)` (forward, loss, backward, optimiser step) replayed as one CUDA graph.
+
+    On a GPU a training step (one model, or a stack of them in batched.py) is tens to hundreds of small kernels whose launches (Python, dispatcher, driver)
+    take longer than the kernels run. The graph is recorded once, after GRAPH_WARMUP ordinary updates
+    made on a side stream (torch.cuda.graph's recipe: lazy initialisation and the optimiser's state
+    happen outside the capture), and every later update copies its batch into the graph's input
+    tensors and replays it: the same kernels on the same memory (parameters, gradients, optimiser state
+    are updated in place), so the numbers are those of the eager loop; tests compare them on a GPU.
+    Evaluations and the divergence freeze work on the same parameter tensors between replays.
+    If the capture fails (an op that cannot be captured), it warns once and stays eager.
+    """
+
+    def __init__(self, update: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+        self.update, self.calls, self.graph, self.inputs = update, 0, None, None
+        self.side = torch.cuda.Stream()
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        self.calls += 1
+        if self.graph is not None:
+            for static, new in zip(self.inputs, (xb, yb), strict=True):
+                static.copy_(new)
+            self.graph.replay()
+        elif self.calls <= GRAPH_WARMUP or self.inputs is not None:  # warming up, or the capture failed
+            self._eager(xb, yb)
+        else:
+            self.inputs = (xb.clone(), yb.clone())
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.update(*self.inputs)
+            except RuntimeError as err:
+                log.warning("CUDA graph capture failed, training eagerly: %s", err)
+                torch.cuda.synchronize()
+                self._eager(xb, yb)
+                return
+            self.graph = graph
+            self.graph.replay()  # the capture only recorded this update
+
+    def _eager(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        current = torch.cuda.current_stream()
+        self.side.wait_stream(current)
+        with torch.cuda.stream(self.side):
+            self.update(xb, yb)
+        current.wait_stream(self.side)
+
+
 def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, hook: Hook | None = None,
-          progress: bool = True, device: str | torch.device | None = None) -> protocol.TrainResult:
+          progress: bool = True, device: str | torch.device | None = None,
+          cuda_graphs: bool = True) -> protocol.TrainResult:
     """Train `model` on `data` (x, y, x_test, y_test) under the `train` config; returns curves + summary.
 
     `seed` is the run seed (batch order, val split, label noise; the model was built from it too).
     `hook(step, model, optimizer)` runs after every update, before any evaluation at that step.
     Evaluation at protocol.eval_steps (step 0 = before any update) on the full training set (noisy
     labels, as trained), the test set and the val set. Stops early, `diverged=True`, at the first
-    evaluation with a non-finite training loss.
+    evaluation with a non-finite training loss. On CUDA the update is replayed as one CUDA graph
+    (GraphedUpdate) when there is no hook and every batch is full; `cuda_graphs=False` keeps it eager.
     """
     cfg = {**TRAIN_DEFAULTS, **cfg}
     validate_train(cfg, len(data.x))
@@ -182,16 +240,20 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
         records.append(row)
         return row
 
+    def update(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        batch_loss = protocol.loss_fn(loss_name, model(xb), yb)  # stays on device: no sync
+        for p in params:  # = optimizer.zero_grad(set_to_none=True), without its ~15 us of Python
+            p.grad = None
+        batch_loss.backward()
+        optimizer_step()
+
+    graphed = GraphedUpdate(update) if cuda_graphs and can_graph(device, hook, n, batch_size) else None
     bar = tqdm(total=total, disable=not progress, desc="train", unit="step", leave=False)
     start, done, diverged = time.perf_counter(), 0, False
     run_eval(0)
     for step in range(1, total + 1):
         sel = next(rows)  # slice (sequential) or (B,) index tensor (reshuffle)
-        batch_loss = protocol.loss_fn(loss_name, model(x[sel]), y[sel])  # stays on device: no sync
-        for p in params:  # = optimizer.zero_grad(set_to_none=True), without its ~15 us of Python
-            p.grad = None
-        batch_loss.backward()
-        optimizer_step()
+        (graphed or update)(x[sel], y[sel])
         if hook is not None:
             hook(step, model, optimizer)
         if step in evals:

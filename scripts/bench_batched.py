@@ -13,7 +13,8 @@ process's peak resident set after the case (resource.getrusage, cumulative, so i
     python scripts/bench_batched.py [--steps 300] [--threads 1] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
                                     [--batched-threads 2] [--side-by-side ddmlp] [--device cuda]
 With --device cuda both paths train on the GPU (times include a synchronize), and a float64 check first
-prints how far batched and one-at-a-time loss curves differ there (MLP widths, CNN channels, 100 steps).
+prints how far batched and one-at-a-time loss curves differ there (MLP widths, CNN channels, 100 steps),
+and each case's batched run is also timed without CUDA graphs (`cuda_graphs=False`: eager launches).
 Before the last line, `ddmlp`: the double-descent MLP stacks one after another vs side by side
 (runner.execute_groups' schedule), on --batched-threads threads.
 Last line: `batched speedup mlp32: <r>x, cnn32: <r>x, widths64: <r>x`. ~3-5 min on 2 idle cores.
@@ -182,13 +183,20 @@ def main() -> None:
             single_cache[key] = time_single(cfgs, seeds, data, cfg, sample, device)
         s_wall, s_cpu, s_acc = single_cache[key]
         torch.set_num_threads(args.batched_threads or args.threads)
-        if gpu:
+        if gpu:  # first without CUDA graphs (eager kernel launches), then as train_batched runs by default
+            t = time.perf_counter()
+            batched.train_batched(cfgs, seeds, data, cfg, progress=False, device=device, cuda_graphs=False)
+            sync(device)
+            eager = time.perf_counter() - t
             torch.cuda.reset_peak_memory_stats(device)
         rss0, t, c = maxrss_mb(), time.perf_counter(), time.process_time()
         res = batched.train_batched(cfgs, seeds, data, cfg, progress=False, device=device)
         sync(device)
         b_wall, b_cpu = time.perf_counter() - t, time.process_time() - c
         torch.set_num_threads(args.threads)
+        if gpu:
+            print(f"{case:9s} batched on {device}: eager launches {eager:.2f} s, CUDA graphs {b_wall:.2f} s "
+                  f"({eager / b_wall:.2f}x)")
         b_acc = float(np.mean([r.summary["final_test_acc"] for r in res]))
         peak = f", cuda peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" if gpu else ""
         est = stacks.estimate_memory_mb(cfgs, len(data.x))

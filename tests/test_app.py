@@ -45,7 +45,8 @@ def test_default_is_cnn_with_paper_protocol():
 
 
 def test_run_key_ignores_paths_and_threads_but_not_knobs():
-    a, b = compose_cfg(), compose_cfg("num_threads=1", "paths.output_dir=/elsewhere", "progress=false")
+    a, b = compose_cfg(), compose_cfg("num_threads=1", "paths.output_dir=/elsewhere", "progress=false",
+                                      "cuda_graphs=false")
     assert records.run_key(a) == records.run_key(b)
     assert records.run_key(a) != records.run_key(compose_cfg("seed=1"))
     assert records.run_key(a) != records.run_key(compose_cfg("data.shear_scale=0"))

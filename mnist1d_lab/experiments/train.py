@@ -29,6 +29,7 @@ def run(cfg: DictConfig, device: str = "cpu", progress: bool = True) -> TrainRes
 
     data = load(cfg.data, device=device)
     model = build_model(cfg.model, cfg.seed, input_len=data.input_len)
-    result = train(model, data, cfg.train, cfg.seed, progress=progress, device=device)
+    result = train(model, data, cfg.train, cfg.seed, progress=progress, device=device,
+                   cuda_graphs=cfg.get("cuda_graphs", True))
     result.summary.setdefault("num_params", count_parameters(model))
     return result
