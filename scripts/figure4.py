@@ -7,8 +7,8 @@
     python scripts/figure4.py --from outputs/multirun/<sweep> [<sweep> ...]   # only draw, no training
 
 Finished runs are skipped (the result store), so re-running after an interruption only trains what is
-missing. Writes dd_results.csv, dd_thresholds.csv/.md and figure4.png/.pdf (see
-mnist1d_lab/experiments/double_descent.py) and prints their paths.
+missing. Writes dd_results.csv, dd_thresholds.csv/.md, figure4.png/.pdf, dd_curves.csv and
+figure4_epochs.png/.pdf (see mnist1d_lab/experiments/double_descent.py) and prints their paths.
 """
 
 import argparse

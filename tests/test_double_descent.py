@@ -41,7 +41,7 @@ def smoke(tmp_path_factory):
 def test_smoke_outputs(smoke):
     _, sweep = smoke
     for name in ("figure4.png", "figure4.pdf", "dd_results.csv", "dd_thresholds.csv", "dd_thresholds.md",
-                 "results.csv"):
+                 "results.csv", "dd_curves.csv", "figure4_epochs.png", "figure4_epochs.pdf"):
         assert (sweep / name).stat().st_size > 0, name
     res = pd.read_csv(sweep / "dd_results.csv")
     assert list(res.columns) == dd.RESULT_COLUMNS
@@ -54,6 +54,13 @@ def test_smoke_outputs(smoke):
     thr = pd.read_csv(sweep / "dd_thresholds.csv")
     assert len(thr) == 3 and {"threshold_params", "peak_params", "n", "n_K"} <= set(thr.columns)
     assert (thr["n_K"] == 10 * thr["n"]).all() and (thr["n"] == 250).all()
+    curves = pd.read_csv(sweep / "dd_curves.csv")  # epoch-wise: every run's evaluations, epochs from steps
+    assert list(curves.columns) == dd.CURVE_COLUMNS
+    assert curves.groupby(["model.name", "train.label_noise", "size"]).ngroups == 9
+    steps_per_epoch = 3  # ceil(250 train rows / batch 100); scale=smoke trains 3 epochs, evaluates every 3 steps
+    assert sorted(curves["step"].unique()) == [0, 3, 6, 9] and (curves["epoch"] == curves["step"] / steps_per_epoch).all()
+    last = curves[curves["step"] == 9].merge(res, on=["model.name", "train.label_noise", "size"], suffixes=("", "_final"))
+    assert len(last) == 9 and (last["test_error"] == last["test_error_final"]).all()
 
 
 def test_smoke_label_noise_fraction(smoke):

@@ -12,11 +12,13 @@ CPU time: see docs/double_descent.md for measured times (2 cores, batched launch
 Expected: noisy MLP: test error ~47 % at h~16, a peak ~54 % near h~47-61 where train error reaches 0
           (~5-7k parameters, near n = 4,000, far below n*K = 40,000), then ~45 % at h=300; clean MLP:
           68 -> 37 % without a pronounced peak; noisy CNN: ~20 % at c=10, peak ~34 % at c~18, ~28 % at 100.
-Outputs:  dd_results.csv (one row per run), dd_thresholds.csv/.md (per setting), figure4.png/.pdf.
+Outputs:  dd_results.csv (one row per run), dd_thresholds.csv/.md (per setting), figure4.png/.pdf;
+          dd_curves.csv + figure4_epochs.png/.pdf (epoch-wise: test error over size and epoch).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -37,8 +39,9 @@ RESULT_COLUMNS = ["model.name", "size", "num_params", "train.loss", "train.label
                   "label_noise_changed_fraction", "label_noise_seed", "steps", "diverged"]
 
 
-def dd_results(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: size (MLP width or CNN channels), parameters, final errors (1 - accuracy), losses."""
+def dd_results(table: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per run: size (MLP width or CNN channels), parameters, final errors (1 - accuracy), losses
+    (RESULT_COLUMNS, then the table's `keep` columns)."""
     t = table.copy()
     t["size"] = [row.get(SIZE_KEY.get(row["model.name"], ""), np.nan) for _, row in t.iterrows()]
     t["size"] = t["size"].astype("Int64")
@@ -48,7 +51,7 @@ def dd_results(table: pd.DataFrame) -> pd.DataFrame:
         if c not in t:
             t[c] = np.nan
     t["train.label_noise"] = t["train.label_noise"].astype(float)
-    return t[RESULT_COLUMNS].sort_values(SETTING + ["num_params", "seed"]).reset_index(drop=True)
+    return t[RESULT_COLUMNS + list(keep)].sort_values(SETTING + ["num_params", "seed"]).reset_index(drop=True)
 
 
 def _by_size(sub: pd.DataFrame) -> pd.DataFrame:
@@ -145,13 +148,95 @@ def figure4(results: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+CURVE_COLUMNS = [*SETTING, "size", "num_params", "seed", "step", "epoch", "train_error", "test_error"]
+
+
+def dd_curves(table: pd.DataFrame) -> pd.DataFrame:
+    """Epoch-wise errors: one row per run and evaluation, read from each run's curves.csv (runs whose
+    record has no curves are left out). epoch = step / updates per epoch (ceil(n_train / batch_size))."""
+    if "record_dir" not in table:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    frames = []
+    for _, row in dd_results(table, keep=["record_dir", "train.batch_size"]).iterrows():
+        path = Path(str(row["record_dir"])) / "curves.csv"
+        if not path.is_file():
+            continue
+        c = pd.read_csv(path, usecols=["step", "train_acc", "test_acc"])
+        per_epoch = -(-int(row["n_train"]) // int(row["train.batch_size"]))
+        frames.append(pd.DataFrame({**{k: row[k] for k in CURVE_COLUMNS[:8]}, "step": c["step"],
+                                    "epoch": c["step"] / per_epoch, "train_error": (1 - c["train_acc"]).round(6),
+                                    "test_error": (1 - c["test_acc"]).round(6)}))
+    if not frames:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS].sort_values(
+        SETTING + ["num_params", "seed", "step"]).reset_index(drop=True)
+
+
+def _edges(v: np.ndarray, log: bool) -> np.ndarray:
+    """Cell edges around sorted centres v (geometric midpoints if log) for pcolormesh."""
+    w = np.log(v) if log else v.astype(float)
+    mid = (w[1:] + w[:-1]) / 2 if len(w) > 1 else np.array([])
+    first = w[0] - (mid[0] - w[0] if len(mid) else 0.5)
+    last = w[-1] + (w[-1] - mid[-1] if len(mid) else 0.5)
+    e = np.concatenate([[first], mid, [last]])
+    return np.exp(e) if log else e
+
+
+def figure_epochs(curves: pd.DataFrame, results: pd.DataFrame) -> plt.Figure:
+    """Epoch-wise double descent: test error (colour) over parameters (x, log) and epochs (y), one panel
+    per setting and loss (mean over seeds); dotted lines at n and n*K, dashed at the final threshold.
+    The evaluation before training (epoch 0, ~90 % error everywhere) is left out of the picture."""
+    keys = ["model.name", "train.label_noise", "train.label_noise_mode", "n_train", "train.loss"]
+    order = {"mlp": 0, "cnn": 1}
+    panels = sorted(curves.groupby(keys, dropna=False), key=lambda kv: (order.get(kv[0][0], 2), kv[0][1], -kv[0][3],
+                                                                        kv[0][4]))
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    with plt.rc_context({**STYLE, "axes.grid": False}):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows), squeeze=False)
+        for ax, ((model, noise, mode, n, loss), sub) in zip(axes.flat, panels, strict=False):
+            trained = sub[sub["step"] > 0] if (sub["step"] > 0).any() else sub
+            grid = trained.pivot_table(index="epoch", columns="num_params", values="test_error", aggfunc="mean")
+            x, y = grid.columns.to_numpy(float), grid.index.to_numpy(float)
+            mesh = ax.pcolormesh(_edges(x, log=True), _edges(y, log=False), 100 * grid.to_numpy(),
+                                 cmap="viridis", shading="flat")
+            fig.colorbar(mesh, ax=ax, label="test error (%)", pad=0.02)
+            for xv, txt in ((n, "n"), (n * K, "nK")):
+                if x.min() <= xv <= x.max():
+                    ax.axvline(xv, color="w", ls=":", lw=1)
+                    ax.text(xv, 0.02, f" {txt}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8, color="w")
+            final = results[(results["model.name"] == model) & (results["train.loss"] == loss)
+                            & (results["train.label_noise"] == noise) & (results["n_train"] == n)]
+            thr = interpolation_threshold(_by_size(final)) if len(final) else None
+            if thr is not None:
+                ax.axvline(thr["num_params"], color="w", ls="--", lw=1)
+            name = "CE" if loss == "cross_entropy" else str(loss).upper()
+            ax.set(xscale="log", xlabel="parameters", ylabel="epoch",
+                   title=f"{_panel_title(model, noise, mode, int(n))}, {name}")
+            ax.title.set_fontsize(9)
+            ax.xaxis.set_major_formatter(FuncFormatter(_count))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        fig.suptitle("Epoch-wise double descent: test error during training\n(dashed: smallest model with zero "
+                     "final train error)", fontsize=9)
+        fig.tight_layout()
+    return fig
+
+
 def summarize(table: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Write dd_results.csv, dd_thresholds.csv/.md and figure4.png/.pdf into out_dir."""
+    """Write dd_results.csv, dd_thresholds.csv/.md, figure4.png/.pdf and, from the runs' curves,
+    dd_curves.csv and figure4_epochs.png/.pdf into out_dir."""
     out_dir = Path(out_dir)
     res = dd_results(table)
     thr = thresholds(res)
     records.write_atomic(out_dir / "dd_results.csv", res.to_csv(index=False))
     records.write_atomic(out_dir / "dd_thresholds.csv", thr.to_csv(index=False))
     records.write_atomic(out_dir / "dd_thresholds.md", to_markdown(thr))
-    return [out_dir / "dd_results.csv", out_dir / "dd_thresholds.csv", out_dir / "dd_thresholds.md",
-            *save_figure(figure4(res), out_dir, "figure4")]
+    out = [out_dir / "dd_results.csv", out_dir / "dd_thresholds.csv", out_dir / "dd_thresholds.md",
+           *save_figure(figure4(res), out_dir, "figure4")]
+    curves = dd_curves(table)
+    if not curves.empty:
+        records.write_atomic(out_dir / "dd_curves.csv", curves.to_csv(index=False))
+        out += [out_dir / "dd_curves.csv", *save_figure(figure_epochs(curves, res), out_dir, "figure4_epochs")]
+    return out
