@@ -168,8 +168,8 @@ def test_mlp_stacks_of_several_groups_train_side_by_side_with_one_threads_number
 
     monkeypatch.setattr(batched, "train_batched", spy)
 
-    def group(noise: float, threads: int, root: Path):  # two widths: one stack per group
-        cfgs = [compose_cfg(*TINY, "model=mlp", f"model.width={w}", f"train.label_noise={noise}",
+    def group(noise: float, threads: int, root: Path):  # two widths: one stack per group; side by side is a CPU schedule
+        cfgs = [compose_cfg(*TINY, "model=mlp", f"model.width={w}", f"train.label_noise={noise}", "device=cpu",
                             f"num_threads={threads}", f"paths.output_dir={root}", f"data.cache_dir={tmp_path / 'c'}")
                 for w in (4, 8)]
         return cfgs, [root / f"{noise}_{w}" for w in (4, 8)]
