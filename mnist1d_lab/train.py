@@ -146,9 +146,11 @@ GRAPH_WARMUP = 3  # eager updates (on a side stream) before the update is captur
 
 
 def can_graph(device: torch.device, hook: Hook | None, n: int, batch_size: int) -> bool:
-    """Whether the training step can be one CUDA graph: on CUDA, no per-step hook (it may do anything
-    to the model), and every batch the same shape (batch_size divides the training rows)."""
-    return device.type == "cuda" and hook is None and n % batch_size == 0
+    """Whether the training step can be one CUDA graph: on the current CUDA device (GraphedUpdate's
+    streams live there; another GPU trains eagerly), no per-step hook (it may do anything to the model),
+    and every batch the same shape (batch_size divides the training rows)."""
+    return (device.type == "cuda" and hook is None and n % batch_size == 0
+            and (device.index is None or device.index == torch.cuda.current_device()))
 
 
 class GraphedUpdate:

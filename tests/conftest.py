@@ -51,3 +51,17 @@ def random_data() -> SimpleNamespace:
     g = torch.Generator().manual_seed(0)
     return SimpleNamespace(x=torch.randn(600, 40, generator=g), y=torch.randint(0, 10, (600,), generator=g),
                            x_test=torch.randn(200, 40, generator=g), y_test=torch.randint(0, 10, (200,), generator=g))
+
+
+@pytest.fixture
+def graph_replays(monkeypatch) -> list:
+    """A list that grows by one at every CUDA graph replay: GPU tests check that the graph really ran."""
+    replays: list = []
+    real = torch.cuda.CUDAGraph.replay
+
+    def replay(self):
+        replays.append(self)
+        return real(self)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", replay)
+    return replays

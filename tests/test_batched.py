@@ -155,14 +155,17 @@ def test_member_batches_draw_what_each_member_would_draw_alone():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name,order,optimizer", [("mlp", "reshuffle", "sgd"), ("mlp", "sequential", "adam"),
                                                   ("cnn", "reshuffle", "adam"), ("cnn", "sequential", "sgd")])
-def test_cuda_graph_replays_train_exactly_as_the_eager_loop(random_data, name, order, optimizer, dtype, caplog):
+def test_cuda_graph_replays_train_exactly_as_the_eager_loop(random_data, name, order, optimizer, dtype, caplog,
+                                                             graph_replays):
     data = SimpleNamespace(**{k: v.to(dtype) if v.is_floating_point() else v for k, v in vars(random_data).items()})
     cfg = {"steps": 120, "eval_every": 25, "batch_size": 50, "batch_order": order, "optimizer": optimizer,
            "lr": 0.01, "weight_decay": 1e-3, "label_noise": 0.2}
     cfgs, seeds = _member_cfgs(name, [3, 17, 9]), [0, 1, 1]
-    runs = [batched.train_batched(cfgs, seeds, data, cfg, progress=False, device="cuda", cuda_graphs=g)
-            for g in (False, True)]
-    for eager, graphed in zip(*runs, strict=True):
+    eager_run = batched.train_batched(cfgs, seeds, data, cfg, progress=False, device="cuda", cuda_graphs=False)
+    assert not graph_replays
+    graphed_run = batched.train_batched(cfgs, seeds, data, cfg, progress=False, device="cuda")
+    assert len(graph_replays) == 120 - train.GRAPH_WARMUP  # one stack; every update after the warm-up
+    for eager, graphed in zip(eager_run, graphed_run, strict=True):
         np.testing.assert_array_equal(graphed.curves.to_numpy(float), eager.curves.to_numpy(float))
         for p, q in zip(graphed.model.parameters(), eager.model.parameters(), strict=True):
             assert torch.equal(p, q)
