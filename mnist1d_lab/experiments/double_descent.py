@@ -109,22 +109,54 @@ def _count(x: float, _pos=None) -> str:
     return f"{x:g}"
 
 
+PANEL_KEYS = ["model.name", "train.label_noise", "train.label_noise_mode", "n_train"]  # one panel of Figure 4 each
+_MODEL_ORDER = {"mlp": 0, "cnn": 1}
+
+
+def _panels(frame: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """(key values, rows) per panel: MLP before CNN, clean first, large n first, then any further keys."""
+    return sorted(frame.groupby(keys, dropna=False),
+                  key=lambda kv: (_MODEL_ORDER.get(kv[0][0], 2), kv[0][1], -kv[0][3], *kv[0][4:]))
+
+
+def _panel_grid(count: int, width: float) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of `count` panels, at most 3 per row, each `width` x 3.6 inches."""
+    ncols = min(3, count)
+    nrows = -(-count // ncols)
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows), squeeze=False)
+
+
+def _params_axis(ax: plt.Axes, title: str, ylabel: str) -> None:
+    """Log parameter-count x axis (100, 1k, 10k), labels and a small title."""
+    ax.set(xscale="log", xlabel="parameters", ylabel=ylabel, title=title)
+    ax.title.set_fontsize(9)
+    ax.xaxis.set_major_formatter(FuncFormatter(_count))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _finish(fig: plt.Figure, axes: np.ndarray, used: int, title: str) -> plt.Figure:
+    """Hide the unused panels, add the title, lay out."""
+    for ax in list(axes.flat)[used:]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _loss_name(loss: str) -> str:
+    return "CE" if loss == "cross_entropy" else str(loss).upper()
+
+
 def figure4(results: pd.DataFrame) -> plt.Figure:
     """Test (solid) and train (dashed) error % vs parameters, one panel per setting, one colour per loss."""
-    panel_keys = ["model.name", "train.label_noise", "train.label_noise_mode", "n_train"]
-    order = {"mlp": 0, "cnn": 1}
-    panels = sorted(results.groupby(panel_keys, dropna=False),  # MLP before CNN, clean first, large n first
-                    key=lambda kv: (order.get(kv[0][0], 2), kv[0][1], -kv[0][3]))
-    ncols = min(3, len(panels))
-    nrows = -(-len(panels) // ncols)
+    panels = _panels(results, PANEL_KEYS)
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+        fig, axes = _panel_grid(len(panels), 4.6)
         colors = {"cross_entropy": "C0", "mse": "C3"}
         for ax, ((model, noise, mode, n), sub) in zip(axes.flat, panels, strict=False):
             for loss, ls in sub.groupby("train.loss"):
                 curve = _by_size(ls)
-                c = colors.get(loss, "C2")
-                name = "CE" if loss == "cross_entropy" else loss.upper()
+                c, name = colors.get(loss, "C2"), _loss_name(loss)
                 ax.plot(curve["num_params"], 100 * curve["test_error"], "-o", ms=2.5, color=c, label=f"test ({name})")
                 ax.plot(curve["num_params"], 100 * curve["train_error"], "--", lw=1, color=c, alpha=0.7,
                         label=f"train ({name})")
@@ -134,21 +166,15 @@ def figure4(results: pd.DataFrame) -> plt.Figure:
             for x, txt in ((n, "n"), (n * K, "nK")):
                 ax.axvline(x, color="0.4", ls=":", lw=1)
                 ax.text(x, 1.0, f" {txt}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="0.3")
-            ax.set(xscale="log", xlabel="parameters", ylabel="error (%)", ylim=(0, None),
-                   title=_panel_title(model, noise, mode, int(n)))
-            ax.title.set_fontsize(9)
-            ax.xaxis.set_major_formatter(FuncFormatter(_count))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            _params_axis(ax, _panel_title(model, noise, mode, int(n)), "error (%)")
+            ax.set_ylim(0, None)
             ax.legend(frameon=False, fontsize=7, loc="best")
-        for ax in list(axes.flat)[len(panels):]:
-            ax.set_visible(False)
-        fig.suptitle("Deep double descent on MNIST-1D\n(final errors; ▼ = smallest model with zero train error)",
-                     fontsize=9)
-        fig.tight_layout()
-    return fig
+        return _finish(fig, axes, len(panels),
+                       "Deep double descent on MNIST-1D\n(final errors; ▼ = smallest model with zero train error)")
 
 
-CURVE_COLUMNS = [*SETTING, "size", "num_params", "seed", "step", "epoch", "train_error", "test_error"]
+RUN_COLUMNS = [*SETTING, "size", "num_params", "seed"]  # which run a row of dd_curves belongs to
+CURVE_COLUMNS = [*RUN_COLUMNS, "step", "epoch", "train_error", "test_error"]
 
 
 def dd_curves(table: pd.DataFrame) -> pd.DataFrame:
@@ -163,7 +189,7 @@ def dd_curves(table: pd.DataFrame) -> pd.DataFrame:
             continue
         c = pd.read_csv(path, usecols=["step", "train_acc", "test_acc"])
         per_epoch = -(-int(row["n_train"]) // int(row["train.batch_size"]))
-        frames.append(pd.DataFrame({**{k: row[k] for k in CURVE_COLUMNS[:8]}, "step": c["step"],
+        frames.append(pd.DataFrame({**{k: row[k] for k in RUN_COLUMNS}, "step": c["step"],
                                     "epoch": c["step"] / per_epoch, "train_error": (1 - c["train_acc"]).round(6),
                                     "test_error": (1 - c["test_acc"]).round(6)}))
     if not frames:
@@ -186,15 +212,13 @@ def figure_epochs(curves: pd.DataFrame, results: pd.DataFrame) -> plt.Figure:
     """Epoch-wise double descent: test error (colour) over parameters (x, log) and epochs (y), one panel
     per setting and loss (mean over seeds); dotted lines at n and n*K, dashed at the final threshold.
     The evaluation before training (epoch 0, ~90 % error everywhere) is left out of the picture."""
-    keys = ["model.name", "train.label_noise", "train.label_noise_mode", "n_train", "train.loss"]
-    order = {"mlp": 0, "cnn": 1}
-    panels = sorted(curves.groupby(keys, dropna=False), key=lambda kv: (order.get(kv[0][0], 2), kv[0][1], -kv[0][3],
-                                                                        kv[0][4]))
-    ncols = min(3, len(panels))
-    nrows = -(-len(panels) // ncols)
+    keys = [*PANEL_KEYS, "train.loss"]
+    panels = _panels(curves, keys)
+    finals = dict(list(results.groupby(keys, dropna=False)))  # final errors of the same setting and loss
     with plt.rc_context({**STYLE, "axes.grid": False}):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows), squeeze=False)
-        for ax, ((model, noise, mode, n, loss), sub) in zip(axes.flat, panels, strict=False):
+        fig, axes = _panel_grid(len(panels), 4.8)
+        for ax, (key, sub) in zip(axes.flat, panels, strict=False):
+            model, noise, mode, n, loss = key
             trained = sub[sub["step"] > 0] if (sub["step"] > 0).any() else sub
             grid = trained.pivot_table(index="epoch", columns="num_params", values="test_error", aggfunc="mean")
             x, y = grid.columns.to_numpy(float), grid.index.to_numpy(float)
@@ -205,23 +229,12 @@ def figure_epochs(curves: pd.DataFrame, results: pd.DataFrame) -> plt.Figure:
                 if x.min() <= xv <= x.max():
                     ax.axvline(xv, color="w", ls=":", lw=1)
                     ax.text(xv, 0.02, f" {txt}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8, color="w")
-            final = results[(results["model.name"] == model) & (results["train.loss"] == loss)
-                            & (results["train.label_noise"] == noise) & (results["n_train"] == n)]
-            thr = interpolation_threshold(_by_size(final)) if len(final) else None
+            thr = interpolation_threshold(_by_size(finals[key])) if key in finals else None
             if thr is not None:
                 ax.axvline(thr["num_params"], color="w", ls="--", lw=1)
-            name = "CE" if loss == "cross_entropy" else str(loss).upper()
-            ax.set(xscale="log", xlabel="parameters", ylabel="epoch",
-                   title=f"{_panel_title(model, noise, mode, int(n))}, {name}")
-            ax.title.set_fontsize(9)
-            ax.xaxis.set_major_formatter(FuncFormatter(_count))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        for ax in list(axes.flat)[len(panels):]:
-            ax.set_visible(False)
-        fig.suptitle("Epoch-wise double descent: test error during training\n(dashed: smallest model with zero "
-                     "final train error)", fontsize=9)
-        fig.tight_layout()
-    return fig
+            _params_axis(ax, f"{_panel_title(model, noise, mode, int(n))}, {_loss_name(loss)}", "epoch")
+        return _finish(fig, axes, len(panels), "Epoch-wise double descent: test error during training\n"
+                       "(dashed: smallest model with zero final train error)")
 
 
 def summarize(table: pd.DataFrame, out_dir: Path) -> list[Path]:
