@@ -163,6 +163,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
     n, batch_size, loss_name = y.shape[1], int(cfg["batch_size"]), cfg["loss"]
     total = protocol.num_updates(cfg, n)
     evals = set(protocol.eval_steps(total, int(cfg["eval_every"])))
+    shared = per_member = None
     if cfg["batch_order"] == "sequential":  # one order for all: the first layer is one shared mm
         shared = protocol.batches(n, batch_size, "sequential")
     else:
@@ -201,7 +202,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
     for step in range(1, total + 1):
         if not any(alive):
             break
-        if cfg["batch_order"] == "sequential":
+        if shared is not None:
             sel = next(shared)
             xb, yb = x[..., sel, :], y[:, sel]  # (B, L) shared or (K, B, L); (K, B)
         else:
