@@ -200,7 +200,7 @@ def main() -> None:
         b_acc = float(np.mean([r.summary["final_test_acc"] for r in res]))
         peak = f", cuda peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" if gpu else ""
         est = stacks.estimate_memory_mb(cfgs, len(data.x))
-        groups = len(stacks.plan_groups(cfgs, len(data.x), float("inf")))  # train_batched's width buckets
+        groups = len(stacks.plan_groups(cfgs, len(data.x), float("inf"), device=device))  # train_batched's stacks
         speedups[case] = s_wall * k / b_wall
         print(f"{case:9s} K={k:3d} one-at-a-time {s_wall * k:7.1f} s (extrapolated from {min(sample, k)} "
               f"members, {s_wall * 1e3:.0f} ms/model, cpu {s_cpu * k:.1f} s, test_acc {s_acc:.3f}) | batched "
