@@ -32,15 +32,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import cpu, models, protocol
+from . import cpu, models, optim, protocol
 from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel
 from .errors import ConfigError
 from .stacks import EVAL_ELEMS, MAX_WORKERS, act_per_example, on_cpu, plan_groups, run_side_by_side, spread
-from .train import TRAIN_DEFAULTS, GraphedUpdate, _step_fn, can_graph, make_optimizer, validate_train
+from .train import TRAIN_DEFAULTS, GraphedUpdate, can_graph, make_optimizer, validate_train
 
 log = logging.getLogger(__name__)
 
-Hook = Callable[[int, StackedModel, torch.optim.Optimizer], None]
+Hook = Callable[[int, StackedModel, optim.Optimizer], None]
 
 
 def batch_key(model_cfg: Mapping) -> tuple:
@@ -170,7 +170,6 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
         per_member = _member_batches(n, batch_size, [protocol.generator(s, "batch_order") for s in seeds], device)
     members = torch.arange(K, device=device).unsqueeze(1)  # (K, 1) for per-member gathers
     optimizer = make_optimizer(model, cfg)
-    optimizer_step = _step_fn(optimizer)  # fused Adam's kernels without torch.optim's Python, as train.train
     params = list(model.parameters())
     chunk = max(1, EVAL_ELEMS // (K * act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
     columns = ["step"] + [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
@@ -193,7 +192,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
         for p in params:  # = optimizer.zero_grad(set_to_none=True)
             p.grad = None
         (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
-        optimizer_step()
+        optimizer.step()
 
     graphed = GraphedUpdate(update) if cuda_graphs and can_graph(device, hook, n, batch_size) else None
     bar = tqdm(total=total, disable=not progress, desc=f"train x{K}", unit="step", leave=False)
@@ -238,7 +237,7 @@ def _member_batches(n: int, batch_size: int, gens: Sequence[torch.Generator], de
 
 
 @torch.no_grad()
-def _freeze(model: StackedModel, optimizer: torch.optim.Optimizer, k: int) -> None:
+def _freeze(model: StackedModel, optimizer: optim.Optimizer, k: int) -> None:
     """Zero member k's parameters and optimiser state: with zero loss weight it then never moves."""
     for name, p in model.named_parameters():
         tensors = [p] + [s for s in optimizer.state.get(p, {}).values() if torch.is_tensor(s) and s.shape == p.shape]

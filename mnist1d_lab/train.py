@@ -5,7 +5,7 @@ and is shared with the many-models loop. This module adds: config validation, th
 loop itself and evaluation. No Hydra here: `cfg` is the plain `train` subtree (any Mapping).
 
 Speed (see shared/research/speed-notes.md): the loop never syncs with the host between evaluations
-(no per-step `.item()`), uses fused Adam where the device supports it, and flushes denormals.
+(no per-step `.item()`), uses fused optimiser kernels without torch.optim (optim.py), and flushes denormals.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import cpu, protocol
+from . import cpu, optim, protocol
 from .errors import ConfigError
 from .models import count_parameters
 
@@ -34,7 +34,7 @@ TRAIN_DEFAULTS: dict = {
     "val_split": 0.0,
 }
 
-Hook = Callable[[int, nn.Module, torch.optim.Optimizer], None]
+Hook = Callable[[int, nn.Module, optim.Optimizer], None]
 
 
 def _is_int(v: object) -> bool:
@@ -81,57 +81,10 @@ def validate_train(cfg: Mapping, n_train: int) -> None:
         raise bad("batch_size", f"at most the training set size {n}")
 
 
-def make_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.Optimizer:
-    """Adam or SGD (with momentum) from the config; fused kernels when the device supports them."""
-    params, lr, wd = list(model.parameters()), float(cfg["lr"]), float(cfg["weight_decay"])
-    if cfg["optimizer"] == "adam":
-        make = lambda **kw: torch.optim.Adam(params, lr=lr, weight_decay=wd, **kw)  # noqa: E731
-    elif cfg["optimizer"] == "sgd":
-        make = lambda **kw: torch.optim.SGD(params, lr=lr, momentum=float(cfg["momentum"]),  # noqa: E731
-                                            weight_decay=wd, **kw)
-    else:
-        raise ConfigError("train.optimizer", cfg["optimizer"], f"one of {list(protocol.OPTIMIZERS)}")
-    try:  # fused = one kernel for the whole update: -20 % step time for the MLP on CPU
-        return make(fused=True)
-    except (RuntimeError, ValueError):  # device or dtype without fused kernels
-        return make(foreach=True)
-
-
-def _step_fn(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """optimizer.step, or for a plain fused Adam the same two kernels called directly.
-
-    torch.optim.Adam.step spends ~90 us of Python (state checks, grouping by device) around the ~40 us
-    of kernels: 10-15 % of an MLP step. The direct call uses the optimizer's own state and reads the
-    hyperparameters from its param group every step, so hooks and state_dict see the same optimizer;
-    anything unusual (first step, a grad of None, step hooks, other Adam options) takes optimizer.step.
-    """
-    groups = optimizer.param_groups
-    if type(optimizer) is not torch.optim.Adam or len(groups) != 1:
-        return optimizer.step
-    group, params = groups[0], groups[0]["params"]
-    if (not group.get("fused") or any(group.get(k) for k in ("amsgrad", "maximize", "capturable", "differentiable",
-                                                                "decoupled_weight_decay"))
-            or len({(p.device, p.dtype) for p in params}) != 1):
-        return optimizer.step
-    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
-
-    @torch.no_grad()
-    def step() -> None:
-        grads, state = [p.grad for p in params], optimizer.state
-        if (any(g is None for g in grads) or any(p not in state for p in params) or torch.is_tensor(group["lr"])
-                or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
-                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks):
-            optimizer.step()
-            return
-        states = [state[p] for p in params]
-        steps = [s["step"] for s in states]
-        torch._foreach_add_(steps, 1)
-        beta1, beta2 = group["betas"]
-        torch._fused_adam_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
-                           steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
-                           weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
-
-    return step
+def make_optimizer(model: nn.Module, cfg: Mapping) -> optim.Optimizer:
+    """Adam or SGD (with momentum) from the config: torch's fused kernels without torch.optim (optim.py)."""
+    return optim.make(model.parameters(), cfg["optimizer"], float(cfg["lr"]), float(cfg["weight_decay"]),
+                      float(cfg["momentum"]) if cfg["optimizer"] == "sgd" else 0.0)
 
 
 @torch.no_grad()
@@ -230,7 +183,6 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
     evals = set(protocol.eval_steps(total, int(cfg["eval_every"])))
     rows = protocol.batches(n, batch_size, cfg["batch_order"], protocol.generator(seed, "batch_order"), device)
     optimizer = make_optimizer(model, cfg)
-    optimizer_step = _step_fn(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     columns = ["step"] + [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
     records: list[list[float]] = []
@@ -248,7 +200,7 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
         for p in params:  # = optimizer.zero_grad(set_to_none=True), without its ~15 us of Python
             p.grad = None
         batch_loss.backward()
-        optimizer_step()
+        optimizer.step()
 
     graphed = GraphedUpdate(update) if cuda_graphs and can_graph(device, hook, n, batch_size) else None
     bar = tqdm(total=total, disable=not progress, desc="train", unit="step", leave=False)

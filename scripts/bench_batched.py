@@ -6,8 +6,8 @@ K = 8, 32, 128; CNN seeds K = 32; an MLP width sweep of 64 members (widths 1..64
 train_batched runs as plan_groups width buckets (the output gives the number of stacks).
 
 The one-at-a-time side times a subset of members (--single-sample per case, spread over the members)
-and extrapolates per model; the output says so. Both paths are warmed up first (the first Adam imports
-torch._dynamo, ~1 s). Memory: `est` is stacks.estimate_memory_mb (tensor sizes); `maxrss` is the
+and extrapolates per model; the output says so. Both paths are warmed up first (the first conv sets up
+oneDNN). Memory: `est` is stacks.estimate_memory_mb (tensor sizes); `maxrss` is the
 process's peak resident set after the case (resource.getrusage, cumulative, so it only shows growth).
 
     python scripts/bench_batched.py [--steps 300] [--threads 1] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
@@ -165,7 +165,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s) one at a time, "
           f"{args.batched_threads or args.threads} batched, {args.steps} steps, eval every "
           f"{args.eval_every}, data {tuple(data.x.shape)} train / {tuple(data.x_test.shape)} test, {where}")
-    warm = {"steps": 3, "eval_every": 3}  # first Adam imports torch._dynamo; first conv sets up oneDNN
+    warm = {"steps": 3, "eval_every": 3}  # the first conv sets up oneDNN, the first step allocates
     for name in ("mlp", "cnn"):
         train.train(models.build_model({"name": name}, 0), data, warm, 0, progress=False, device=device)
         batched.train_batched([{"name": name}] * 2, [0, 1], data, warm, progress=False, device=device)

@@ -118,7 +118,7 @@ def main() -> None:
     cfg = {"optimizer": "adam", "lr": 1e-2, "batch_size": 100, "steps": args.steps, "eval_every": 250,
            "batch_order": "sequential", "loss": "cross_entropy"}
 
-    # Warm up both paths (first Adam imports torch._dynamo, first conv initialises oneDNN): not timed.
+    # Warm up both paths (the original's first torch.optim.Adam imports torch._dynamo, first conv initialises oneDNN): not timed.
     for name in ("mlp", "cnn"):
         original_train(original_model(name, args.seed), data, steps=20, eval_every=10)
         train(build_model({"name": name}, args.seed), data, {**cfg, "steps": 20, "eval_every": 10},

@@ -202,28 +202,6 @@ def test_reproduces_the_original_loop_in_float64(small_data, batch_size: int, tr
         assert (p - q).abs().max().item() < 1e-10
 
 
-@pytest.mark.parametrize("name,wd", [("mlp", 0.0), ("cnn", 1e-3)])
-def test_direct_fused_adam_step_equals_optimizer_step(name: str, wd: float) -> None:
-    from mnist1d_lab.train import _step_fn, make_optimizer
-
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(200, 40, generator=gen), torch.randint(0, 10, (200,), generator=gen)
-    out = []
-    for direct in (False, True):
-        model = build_model({"name": name}, 0)
-        opt = make_optimizer(model, {**TRAIN_DEFAULTS, "weight_decay": wd})
-        step = _step_fn(opt) if direct else opt.step
-        for i in range(20):
-            rows = slice(i % 2 * 100, i % 2 * 100 + 100)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[rows]), y[rows]).backward()
-            step()
-        out.append((list(model.parameters()), opt.state_dict()["state"]))
-    (pa, sa), (pb, sb) = out
-    assert all(torch.equal(a, b) for a, b in zip(pa, pb, strict=True))
-    assert all(torch.equal(sa[k][m], sb[k][m]) for k in sa for m in ("step", "exp_avg", "exp_avg_sq"))
-
-
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
                     reason="mallopt tuning is glibc-only")
 def test_cpu_tune_stops_page_faults_from_freed_activations() -> None:
