@@ -28,9 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
-from .exact import CORR_SIGMA, dilated_table, get_templates, interp_rows, roll_rows
+from .exact import CORR_SIGMA, dilated_table, gaussian_filter1d, get_templates, interp_rows, roll_rows
 
 NUM_BLOCKS = 16        # blocks of mask groups (one child seed each): part of the generator's definition
 CHUNK = 1 << 15        # per-example path: examples per chunk (one child seed each)
