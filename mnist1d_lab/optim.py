@@ -8,7 +8,7 @@ step (state checks, grouping by device) around ~40 us of kernels, 10-15 % of an 
 `FusedOptimizer` calls the kernels that torch.optim's `fused=True` path calls (`torch._fused_adam_`,
 `torch._fused_sgd_`) with the same state layout (`state[p]["exp_avg"]`, `["exp_avg_sq"]`, `["step"]`
 as a float32 tensor on the parameter's device; `["momentum_buffer"]`), so the numbers are torch.optim's
-bit for bit (tests/test_train.py). It keeps torch.optim's surface where this lab's code and hooks reach
+bit for bit (tests/test_optim.py). It keeps torch.optim's surface where this lab's code and hooks reach
 in: `param_groups[0]` holds the hyperparameters, read at every step (a hook may change the learning
 rate), `state` maps each parameter to its state, `step()`, `zero_grad()`. All state exists from the
 start, so a CUDA graph can capture any step. Parameters on one CPU or CUDA device with one floating
@@ -88,7 +88,8 @@ def _check(name: str) -> None:
 
 
 def supports(params: Sequence[torch.Tensor]) -> bool:
-    """Whether fused kernels take these parameters: floating point, one dtype, one CPU or CUDA device."""
+    """Whether fused kernels take these parameters: floating point, one dtype, one CPU or CUDA device
+    (exactly one (device, dtype) pair, so an empty list is not supported either)."""
     return (len({(p.device, p.dtype) for p in params}) == 1 and params[0].dtype.is_floating_point
             and params[0].device.type in ("cpu", "cuda"))
 

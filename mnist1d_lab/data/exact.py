@@ -23,6 +23,7 @@ from .config import DEFAULTS, GENERATOR_KNOBS, knobs, validate
 EPS = 1e-8        # added to the templates so that their zero end points count as signal, as in the original
 CORR_SIGMA = 2.0  # std (in samples) of the Gaussian filter that correlates the noise
 
+
 def gaussian_filter1d(x: np.ndarray, sigma: float, axis: int = -1) -> np.ndarray:
     """scipy.ndimage.gaussian_filter1d, imported on first use: importing scipy.ndimage takes 0.2-0.3 s of
     every process's start-up, and a run that reads its dataset from the cache never filters anything."""
