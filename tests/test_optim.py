@@ -16,9 +16,9 @@ from mnist1d_lab.models import build_model
 
 
 def _train(model, opt, steps: int = 20, lr_at: dict | None = None):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 40, generator=gen, dtype=next(model.parameters()).dtype)
-    y = torch.randint(0, 10, (200,), generator=gen)
+    gen, p0 = torch.Generator().manual_seed(0), next(model.parameters())
+    x = torch.randn(200, 40, generator=gen, dtype=p0.dtype).to(p0.device)
+    y = torch.randint(0, 10, (200,), generator=gen).to(p0.device)
     for i in range(steps):
         if lr_at and i in lr_at:  # as a hook would: hyperparameters are read from param_groups every step
             opt.param_groups[0]["lr"] = lr_at[i]
@@ -29,12 +29,16 @@ def _train(model, opt, steps: int = 20, lr_at: dict | None = None):
     return model
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("name,momentum", [("adam", 0.0), ("sgd", 0.9), ("sgd", 0.0)])
 @pytest.mark.parametrize("model,wd,dtype", [("mlp", 0.0, torch.float32), ("cnn", 1e-3, torch.float32),
                                             ("mlp", 1e-2, torch.float64)])
-def test_fused_optimizer_equals_torch_optim_fused_bit_for_bit(name, momentum, model, wd, dtype):
+def test_fused_optimizer_equals_torch_optim_fused_bit_for_bit(name, momentum, model, wd, dtype, device):
     lr, lr_at = (1e-2, {7: 3e-3}) if name == "adam" else (5e-2, {7: 1e-2})
-    ours, ref = (build_model({"name": model}, 0).to(dtype) for _ in range(2))
+    ours, ref = (build_model({"name": model}, 0).to(device, dtype) for _ in range(2))
     opt = optim.FusedOptimizer(ours.parameters(), name, lr, wd, momentum)
     ref_opt = (torch.optim.Adam(ref.parameters(), lr=lr, weight_decay=wd, fused=True) if name == "adam" else
                torch.optim.SGD(ref.parameters(), lr=lr, momentum=momentum, weight_decay=wd, fused=True))
