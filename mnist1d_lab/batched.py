@@ -170,7 +170,6 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
         per_member = _member_batches(n, batch_size, [protocol.generator(s, "batch_order") for s in seeds], device)
     members = torch.arange(K, device=device).unsqueeze(1)  # (K, 1) for per-member gathers
     optimizer = make_optimizer(model, cfg)
-    params = list(model.parameters())
     chunk = max(1, EVAL_ELEMS // (K * act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
     columns = ["step"] + [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
     records: list[list[list[float]]] = [[] for _ in range(K)]
@@ -189,8 +188,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
 
     def update(xb: torch.Tensor, yb: torch.Tensor) -> None:
         losses = _member_losses(loss_name, model(xb), yb).mean(-1)  # (K,) each member's mean loss
-        for p in params:  # = optimizer.zero_grad(set_to_none=True)
-            p.grad = None
+        optimizer.zero_grad()
         (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
         optimizer.step()
 
