@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from . import paths
+from . import cpu, paths
 from .errors import ConfigError
 
 log = logging.getLogger("mnist1d_lab")
@@ -79,6 +79,7 @@ def main(cfg: DictConfig) -> dict:
     """Run one job (a Hydra multirun calls this once per job)."""
     from . import runner  # torch: imported where a job runs; a launcher's parent (joblib's) never needs it
 
+    cpu.fast_exit()  # here too: joblib / submitit workers call main() without cli()
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
@@ -105,6 +106,7 @@ def cli() -> None:
     except ConfigError as exc:
         print(f"mnist1d_lab: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    cpu.fast_exit()
     register_plugins()
     main()
 
