@@ -3,8 +3,10 @@ jobs, thread counts, sweep folders that never collide, progress, and the design'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -204,6 +206,22 @@ def test_collect_reports_failed_runs(tmp_path):
     assert sorted(table["status"]) == ["complete", "failed"] and (tmp_path / "results.csv").is_file()
 
 
+@contextlib.contextmanager
+def hydra_loader():
+    """(Hydra's config loader, a joblib multirun's master config) for ComposeCache tests."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from mnist1d_lab.__main__ import register_plugins
+
+    register_plugins()
+    with initialize_config_module("mnist1d_lab.conf", version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        yield loader, loader.load_configuration(
+            "config", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"], RunMode.MULTIRUN)
+
+
 @pytest.mark.parametrize(("sweep_overrides", "bad"), [
     (["model=mlp", "model.width=7", "seed=3"], False),
     (["experiment=double_descent", "model=cnn", "model.channels=5", "train.label_noise=0.15"], False),
@@ -212,19 +230,11 @@ def test_collect_reports_failed_runs(tmp_path):
 ])
 def test_cached_composition_equals_hydras(sweep_overrides, bad):
     """The lab sweeper's ComposeCache gives the config Hydra composes from scratch, key for key."""
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
-    from hydra.types import RunMode
 
     from hydra_plugins.mnist1d_lab_launcher.compose_cache import ComposeCache
-    from mnist1d_lab.__main__ import register_plugins
 
-    register_plugins()
-    with initialize_config_module("mnist1d_lab.conf", version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        master = loader.load_configuration("config", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"],
-                                           RunMode.MULTIRUN)
+    with hydra_loader() as (loader, master):
         cache = ComposeCache(loader)
         for _ in range(2):  # the second call is served from the cache
             if bad:
@@ -240,6 +250,28 @@ def test_cached_composition_equals_hydras(sweep_overrides, bad):
             task = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
             assert OmegaConf.to_yaml(cache.task_config(master, sweep_overrides)) == OmegaConf.to_yaml(task)
         assert len(cache._bases) == 1  # composed once
+
+
+def test_compose_cache_outlives_pickling_within_one_sweep():
+    """joblib pickles the loader anew with every job: a worker keeps the sweep's cache between jobs,
+    and a loader of another sweep starts empty."""
+    job = ["model=mlp", "model.width=7", "seed=3"]
+    with hydra_loader() as (loader, master):
+        # imported after Hydra's plugin scan, which imports the module anew (pickle needs that class)
+        from hydra_plugins.mnist1d_lab_launcher.compose_cache import ComposeCache
+
+        full = OmegaConf.to_yaml(loader.load_sweep_config(master, job))
+        cache = ComposeCache(loader)
+        cache.load_sweep_config(master, job)
+        copy = pickle.loads(pickle.dumps(cache))  # the next job's loader in the same worker
+        assert copy._bases is cache._bases and len(copy._bases) == 1
+        assert OmegaConf.to_yaml(copy.load_sweep_config(master, [*job[:2], "seed=4"])) == full.replace(
+            "seed: 3", "seed: 4").replace("seed=3", "seed=4")
+        assert len(cache._bases) == 1  # served from the cache, not composed again
+        other = ComposeCache(loader)  # another sweep
+        assert other._bases == {} and other.token != cache.token
+        again = pickle.loads(pickle.dumps(cache))
+        assert again._bases == {} and OmegaConf.to_yaml(again.load_sweep_config(master, job)) == full
 
 
 def test_finished_jobs_are_skipped_before_launch_keeping_job_numbers(tmp_path):
