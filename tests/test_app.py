@@ -68,6 +68,8 @@ def test_every_model_runs_through_the_entry_point(tmp_path, model):
     assert env["versions"]["torch"] and env["seeds"]["seed"] == 0 and env["seeds"]["data.seed"] == 42
     assert "git_revision" in env and env["num_threads"] == 1
     assert "test accuracy" in proc.stdout + proc.stderr and str(run_dir) in proc.stdout + proc.stderr
+    log_lines = (run_dir / "__main__.log").read_text().splitlines()  # flushed and closed at exit (cpu.fast_exit)
+    assert "run folder:" in log_lines[-1]
 
 
 def test_same_config_same_numbers_then_skip_then_force(tmp_path):

@@ -71,6 +71,8 @@ def test_parallel_jobs_share_one_dataset_cache_safely(tmp_path):
     assert cache_files and not [f for f in cache_files if f.name.endswith(".tmp")]
     envs = [json.loads(p.read_text()) for p in (tmp_path / "outputs" / "multirun").rglob("env.json")]
     assert len(envs) == 4 and all(e["num_threads"] == 1 for e in envs)
+    logs = list((tmp_path / "outputs" / "multirun").rglob("__main__.log"))  # the workers' logs, complete at exit
+    assert len(logs) == 4 and all("/4 runs done" in p.read_text().splitlines()[-1] for p in logs)
     from mnist1d_lab.data import load
 
     os.environ["MNIST1D_LAB_CACHE"] = str(tmp_path / "cache")
