@@ -270,10 +270,11 @@ def test_compose_cache_outlives_pickling_within_one_sweep():
         assert OmegaConf.to_yaml(copy.load_sweep_config(master, [*job[:2], "seed=4"])) == full.replace(
             "seed: 3", "seed: 4").replace("seed=3", "seed=4")
         assert len(cache._bases) == 1  # served from the cache, not composed again
-        other = ComposeCache(loader)  # another sweep
+        other = ComposeCache(loader)  # another sweep: its own, empty cache
         assert other._bases == {} and other.token != cache.token
-        again = pickle.loads(pickle.dumps(cache))
-        assert again._bases == {} and OmegaConf.to_yaml(again.load_sweep_config(master, job)) == full
+        again = pickle.loads(pickle.dumps(cache))  # the first job in a worker: the cache came with it
+        assert again._bases is not cache._bases and list(again._bases) == list(cache._bases)
+        assert OmegaConf.to_yaml(again.load_sweep_config(master, job)) == full and len(again._bases) == 1
 
 
 def test_finished_jobs_are_skipped_before_launch_keeping_job_numbers(tmp_path):
