@@ -20,12 +20,15 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from . import paths
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: a launcher's parent skips it until collect (0.4 s)
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +183,8 @@ def collect(root: Path) -> pd.DataFrame:
 
     Copies of the same record (a run folder and its store entry) count once, by run key.
     """
+    import pandas as pd
+
     rows = {}
     for folder in record_folders(root):
         summary = read_summary(folder)
@@ -197,6 +202,8 @@ def collect(root: Path) -> pd.DataFrame:
 
 def collect_curves(table: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
     """Long table of every run's curves, with the given config columns of the run table repeated."""
+    import pandas as pd
+
     frames = []
     for _, row in table.iterrows():
         f = Path(row["record_dir"]) / paths.CURVES_FILE
