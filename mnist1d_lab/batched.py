@@ -28,7 +28,6 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -217,11 +216,10 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
 
     results = []
     for k in range(K):
-        curves = pd.DataFrame(records[k], columns=columns).astype({"step": "int64"})
         member = model.extract(k)
-        summary = {**protocol.summarize_curves(curves), **infos[k], "diverged": not alive[k],
+        summary = {**protocol.summarize_curves(columns, records[k]), **infos[k], "diverged": not alive[k],
                    "num_params": models.count_parameters(member), "train_seconds": seconds / K}
-        results.append(protocol.TrainResult(curves=curves, summary=summary, model=member))
+        results.append(protocol.TrainResult(columns=columns, rows=records[k], summary=summary, model=member))
     log.info("trained %d members x %d steps in %.1f s", K, total, seconds)
     return results
 

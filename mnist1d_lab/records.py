@@ -68,13 +68,13 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_record(folder: Path, cfg: Mapping | DictConfig, summary: dict, curves: pd.DataFrame | None,
+def write_record(folder: Path, cfg: Mapping | DictConfig, summary: dict, curves_csv: str | None,
                  env: dict) -> None:
-    """Write the four record files into `folder`, summary last."""
+    """Write the four record files into `folder` (curves as CSV text), summary last."""
     folder = Path(folder)
     write_atomic(folder / paths.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))
-    if curves is not None:
-        write_atomic(folder / paths.CURVES_FILE, curves.to_csv(index=False))
+    if curves_csv is not None:
+        write_atomic(folder / paths.CURVES_FILE, curves_csv)
     write_atomic(folder / paths.ENV_FILE, json.dumps(env, indent=2, default=str))
     write_atomic(folder / paths.SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
 

@@ -84,7 +84,7 @@ def finish(cfg: DictConfig, out_dir: Path, result, error: str | None, wall: floa
                    wall_time_s=round(wall, 3))
     seeds = {"seed": cfg.seed, "data.seed": cfg.data.seed, "label_noise_seed": summary.get("label_noise_seed")}
     env = records.environment(device, seeds, threads)
-    records.write_record(out_dir, cfg, summary, result.curves if result is not None else None, env)
+    records.write_record(out_dir, cfg, summary, result.curves_csv() if result is not None else None, env)
     if status in records.DONE_STATUSES:
         records.file_into_store(out_dir, paths.store_dir(cfg.paths.output_dir) / summary["run_key"])
     return summary

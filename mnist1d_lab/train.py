@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
-import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -220,9 +219,8 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
     bar.close()
     seconds = time.perf_counter() - start
 
-    curves = pd.DataFrame(records, columns=columns).astype({"step": "int64"})
-    summary = {**protocol.summarize_curves(curves), **info, "diverged": diverged,
+    summary = {**protocol.summarize_curves(columns, records), **info, "diverged": diverged,
                "num_params": count_parameters(model), "train_seconds": seconds}
     log.info("trained %d steps in %.1f s: test_acc %.4f%s", done, seconds, summary["final_test_acc"],
              " (diverged)" if diverged else "")
-    return protocol.TrainResult(curves=curves, summary=summary, model=model)
+    return protocol.TrainResult(columns=columns, rows=records, summary=summary, model=model)

@@ -200,7 +200,7 @@ def test_collect_reports_failed_runs(tmp_path):
     from mnist1d_lab.collect import collect_sweep
 
     ok, bad = tmp_path / "0", tmp_path / "1"
-    records.write_record(ok, {"seed": 0}, {"status": "complete", "run_key": "a"}, pd.DataFrame({"step": [0]}), {})
+    records.write_record(ok, {"seed": 0}, {"status": "complete", "run_key": "a"}, "step\n0\n", {})
     records.write_record(bad, {"seed": 1}, {"status": "failed", "run_key": "b", "error": "boom"}, None, {})
     (tmp_path / "2").mkdir()
     (tmp_path / "2" / "summary.json").write_text("{truncated")  # a half-written record is ignored

@@ -51,6 +51,55 @@ def test_curves_columns_and_eval_steps(random_data) -> None:
     assert s["n_train"] == 600 and s["n_val"] == 0
 
 
+def _summary_by_pandas(curves: pd.DataFrame) -> dict:
+    """The summary as pandas computes it (the lab's implementation before curves became plain rows)."""
+    last, best = curves.iloc[-1], curves.loc[curves["test_acc"].idxmax()]
+    out = {f"final_{k}": float(last[k]) for k in curves.columns if k != "step"}
+    out |= {"steps": int(last["step"]), "best_test_acc": float(best["test_acc"]), "best_test_step": int(best["step"])}
+    if "val_acc" in curves and curves["val_acc"].notna().any():
+        sel = curves.loc[curves["val_acc"].idxmax()]
+        out |= {"val_selected_step": int(sel["step"]), "val_selected_val_acc": float(sel["val_acc"]),
+                "val_selected_test_acc": float(sel["test_acc"])}
+    return out
+
+
+@pytest.mark.parametrize("val", [False, True])
+def test_plain_row_curves_write_and_summarise_as_pandas_does(val) -> None:
+    """Runs keep curves as rows (no pandas import); CSV text and summary equal pandas' own, edge values too."""
+    gen = torch.Generator().manual_seed(0)
+    columns = ["step", "train_loss", "train_acc", "test_loss", "test_acc"] + (["val_loss", "val_acc"] if val else [])
+    rows = [[float(10 * i)] + torch.rand(len(columns) - 1, generator=gen).tolist() for i in range(8)]
+    rows[2][1:3] = [float("nan"), float("inf")]  # a diverged evaluation
+    rows[3][1:3] = [-0.0, 1e-05]
+    rows[5][4] = rows[6][4] = max(r[4] for r in rows) + 1  # a tie for the best test accuracy: first wins
+    if val:
+        rows[0][6] = float("nan")  # NaN never selects
+        rows[7][6] = 2.0
+    result = protocol.TrainResult(columns=columns, rows=rows)
+    assert result.curves_csv() == result.curves.to_csv(index=False)
+    assert protocol.summarize_curves(columns, rows) == _summary_by_pandas(result.curves)
+    assert protocol.summarize_curves(columns, rows)["best_test_step"] == 50
+
+
+def test_a_run_never_imports_pandas(tmp_path) -> None:
+    """A CLI run writes its record from plain rows: pandas (0.5 s per process) is not imported."""
+    import subprocess
+
+    from helpers import lab_env
+
+    code = ("import runpy, sys; sys.argv = ['mnist1d_lab', 'data.num_samples=500', 'train.steps=20', "
+            "'train.eval_every=10', 'progress=false', 'model=mlp']\n"
+            "try:\n    runpy.run_module('mnist1d_lab', run_name='__main__')\n"
+            "finally:\n    print('PANDAS', 'pandas' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=lab_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "PANDAS False" in proc.stdout
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    curves = pd.read_csv(run_dir / "curves.csv")
+    assert curves["step"].tolist() == [0, 10, 20] and curves.notna().all().all()
+
+
 def test_epochs_set_the_number_of_updates(random_data) -> None:
     r = _run(random_data, {"epochs": 2, "batch_size": 250, "eval_every": 100})  # ceil(600/250) = 3 per epoch
     assert r.curves["step"].tolist() == [0, 6]
