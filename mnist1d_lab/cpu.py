@@ -53,7 +53,7 @@ def _keep_freed_memory() -> bool:
 def fast_exit() -> None:
     """Skip the interpreter's last garbage collections when this process exits (lab processes only).
 
-    With torch loaded Python tracks ~0.5 M objects, and its full collections at exit took 0.6-0.8 s of
+    With torch and the lab loaded Python tracks ~0.2 M objects; its full collections at exit took 0.6-0.8 s of
     every process here (`import torch`, then exit: 2.1-2.7 s; 1.5-1.7 s with os._exit), paid by each run,
     test subprocess and joblib worker (whose parent waits for them to exit). Frozen objects are never
     scanned: `gc.freeze()` at exit cut it to 0.15-0.26 s. Registered after logging's exit handler, so
