@@ -27,6 +27,26 @@ def run_lab(tmp: Path, *args: str, module: str = "mnist1d_lab", timeout: int = 3
     return proc
 
 
+# `python -m mnist1d_lab ARGS` in this process, then report which of the named modules it imported
+_IMPORTS_AFTER_RUN = """import runpy, sys
+modules, sys.argv = sys.argv[1].split(","), ["mnist1d_lab", *sys.argv[2:]]
+try:
+    runpy.run_module("mnist1d_lab", run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("imported:", ",".join(m for m in modules if m in sys.modules))
+"""
+
+
+def lab_imports(tmp: Path, modules: list[str], *args: str) -> set[str]:
+    """Which of `modules` the process running `python -m mnist1d_lab args` imported (asserts success)."""
+    proc = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER_RUN, ",".join(modules), *args], cwd=tmp,
+                          env=lab_env(tmp), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstderr:\n{proc.stderr}"
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("imported:")][-1]
+    return {m for m in line.partition(":")[2].strip().split(",") if m}
+
+
 def summaries(root: Path) -> list[dict]:
     """Every summary.json below root, parsed."""
     return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("summary.json"))]

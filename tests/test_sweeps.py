@@ -14,7 +14,7 @@ import time
 
 import pandas as pd
 import pytest
-from helpers import TINY, lab_env, run_lab, summaries, sweep_dirs
+from helpers import TINY, lab_env, lab_imports, run_lab, summaries, sweep_dirs
 from omegaconf import OmegaConf
 
 from mnist1d_lab import callbacks, records
@@ -84,26 +84,12 @@ def test_parallel_jobs_share_one_dataset_cache_safely(tmp_path):
     assert (fresh.x == cached.x).all() and (fresh.y == cached.y).all()
 
 
-# `python -m mnist1d_lab ARGS`, then report whether this (the sweep's parent) process imported torch
-PARENT_IMPORTS = """import runpy, sys
-sys.argv = ["mnist1d_lab", *sys.argv[1:]]
-try:
-    runpy.run_module("mnist1d_lab", run_name="__main__")
-except SystemExit as exc:
-    assert not exc.code, exc.code
-print("parent imported torch:", "torch" in sys.modules)
-"""
-
-
 def test_joblib_workers_split_the_cores_and_the_parent_never_imports_torch(tmp_path):
     """Default threads = cores / workers; the parent only composes, launches and collects, so it saves
     torch's import (~2-3 s here) that a parallel sweep would otherwise pay before any worker starts."""
     args = ["-m", "model=logistic", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
             *[a for a in TINY if not a.startswith("num_threads")]]
-    proc = subprocess.run([sys.executable, "-c", PARENT_IMPORTS, *args], cwd=tmp_path, env=lab_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "parent imported torch: False" in proc.stdout
+    assert lab_imports(tmp_path, ["torch"], *args) == set()  # the sweep's parent process
     envs = [json.loads(p.read_text()) for p in (tmp_path / "outputs" / "multirun").rglob("env.json")]
     cores = len(os.sched_getaffinity(0))
     assert {e["num_threads"] for e in envs} == {max(1, cores // 2)}

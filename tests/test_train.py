@@ -83,18 +83,10 @@ def test_plain_row_curves_write_and_summarise_as_pandas_does(val) -> None:
 
 def test_a_run_never_imports_pandas(tmp_path) -> None:
     """A CLI run writes its record from plain rows: pandas (0.5 s per process) is not imported."""
-    import subprocess
+    from helpers import lab_imports
 
-    from helpers import lab_env
-
-    code = ("import runpy, sys; sys.argv = ['mnist1d_lab', 'data.num_samples=500', 'train.steps=20', "
-            "'train.eval_every=10', 'progress=false', 'model=mlp']\n"
-            "try:\n    runpy.run_module('mnist1d_lab', run_name='__main__')\n"
-            "finally:\n    print('PANDAS', 'pandas' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=lab_env(tmp_path), capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "PANDAS False" in proc.stdout
+    args = ["data.num_samples=500", "train.steps=20", "train.eval_every=10", "progress=false", "model=mlp"]
+    assert lab_imports(tmp_path, ["pandas"], *args) == set()
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     curves = pd.read_csv(run_dir / "curves.csv")
     assert curves["step"].tolist() == [0, 10, 20] and curves.notna().all().all()
