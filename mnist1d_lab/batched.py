@@ -9,10 +9,12 @@ permutations from protocol.generator(seed_k, "batch_order"), gathered into a (K,
 optimiser (train.make_optimizer over the stacked tensors; Adam and SGD are elementwise, so per member)
 and the same evaluation points and records. The loss is the SUM over members of each member's mean loss.
 
-Speed (speed-notes.md §4): layers are bmm (a shared batch is broadcast to the K members without a copy;
-the CNN's first conv on a shared batch is one im2col mm; later convs im2col patches + bmm), Adam is fused,
-denormals are flushed, and there is no host sync between evaluations. Evaluation runs all members at
-once over chunks of rows. Members of very different widths run as a few width buckets (stacks.plan_groups).
+Speed (speed-notes.md §4): on CPU each step's gradients are computed by hand (StackedModel.hand_grads,
+stacked_ops.py: the same maths as autograd, without its engine); layers are bmm (a shared batch is
+broadcast to the K members without a copy; the CNN's first conv on a shared batch is one im2col mm;
+later convs im2col patches + bmm), Adam is fused, denormals are flushed, and there is no host sync
+between evaluations. Evaluation runs all members at once over chunks of rows. Members of very different
+widths run as a few width buckets (stacks.plan_groups).
 
 Falls back (can_batch -> False): the GRU (aten's GRU kernel has no stacked form; run it one at a time),
 mixed families or any model knob other than width/channels differing, and unknown train keys (they
@@ -34,6 +36,7 @@ from tqdm.auto import tqdm
 from . import cpu, models, optim, protocol
 from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel
 from .errors import ConfigError
+from .stacked_ops import member_losses
 from .stacks import EVAL_ELEMS, MAX_WORKERS, act_per_example, on_cpu, plan_groups, run_side_by_side, spread
 from .train import TRAIN_DEFAULTS, GraphedUpdate, can_graph, make_optimizer, validate_train
 
@@ -68,16 +71,6 @@ def can_batch(model_cfgs: Sequence[Mapping], cfg: Mapping) -> tuple[bool, str]:
     return True, ""
 
 
-def _member_losses(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(K, B, C) logits, (K, B) labels -> (K, B) per-example losses (protocol.loss_fn before its mean)."""
-    if name == "cross_entropy":
-        return torch.logsumexp(logits, -1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    if name == "mse":
-        onehot = torch.nn.functional.one_hot(y, logits.shape[-1]).to(logits.dtype)
-        return (logits - onehot).square().sum(-1)
-    raise ConfigError("train.loss", name, f"one of {list(protocol.LOSSES)}")
-
-
 @torch.no_grad()
 def _evaluate(model: StackedModel, x: torch.Tensor, y: torch.Tensor, loss: str, chunk: int) -> torch.Tensor:
     """(K, 2) [mean loss, accuracy] per member; x (n, L) shared or (K, n, L), y (K, n)."""
@@ -86,7 +79,7 @@ def _evaluate(model: StackedModel, x: torch.Tensor, y: torch.Tensor, loss: str, 
     for start in range(0, n, chunk):
         xs, ys = x[..., start:start + chunk, :], y[:, start:start + chunk]
         logits = model(xs)  # (K, b, C)
-        total[:, 0] += _member_losses(loss, logits, ys).sum(-1)
+        total[:, 0] += member_losses(loss, logits, ys).sum(-1)
         total[:, 1] += (logits.argmax(-1) == ys).sum(-1).to(x.dtype)
     return total / n
 
@@ -186,9 +179,13 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
                     weight[k] = 0.0
 
     def update(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        losses = _member_losses(loss_name, model(xb), yb).mean(-1)  # (K,) each member's mean loss
-        optimizer.zero_grad()
-        (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
+        if model.can_hand_step(xb):  # CPU: the same gradients without autograd's engine (stacked_ops)
+            optimizer.zero_grad()
+            model.hand_grads(xb, yb, loss_name, weight)
+        else:
+            losses = member_losses(loss_name, model(xb), yb).mean(-1)  # (K,) each member's mean loss
+            optimizer.zero_grad()
+            (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
         optimizer.step()
 
     graphed = GraphedUpdate(update) if cuda_graphs and can_graph(device, hook, n, batch_size) else None

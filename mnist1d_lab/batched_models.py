@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import models
+from . import models, stacked_ops
+from .stacked_ops import StackedHead
 
 ACT_FNS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "elu": F.elu, "silu": F.silu}
 BATCHABLE = ("logistic", "mlp", "cnn")
@@ -55,6 +56,8 @@ def _width(cfg: Mapping) -> int:
 
 class StackedModel(nn.Module):
     """K members of one family (logistic, mlp, cnn) as stacked, zero-padded parameters."""
+
+    hand_backward = True  # hand_grads on CPU (stacked_ops); False: every step through autograd (tests, A/B)
 
     def __init__(self, cfgs: Sequence[Mapping], seeds: Sequence[int], input_len: int = 40,
                  num_classes: int = 10, dtype: torch.dtype = torch.float32, device=None):
@@ -146,11 +149,47 @@ class StackedModel(nn.Module):
         return masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L) shared inputs or (K, B, L) per-member inputs -> (K, B, C) logits."""
+        """(B, L) shared or (K, B, L) per-member inputs -> (K, B, C) logits."""
+        if self.name == "logistic":
+            return self.features(x)
+        return StackedHead.apply(self.features(x), self.wo, self.bo)
+
+    def can_hand_step(self, x: torch.Tensor) -> bool:
+        """Whether hand_grads applies: CPU (on CUDA the autograd update is replayed as a graph), not logistic."""
+        return self.hand_backward and x.is_cpu and self.name != "logistic"
+
+    def hand_grads(self, x: torch.Tensor, y: torch.Tensor, loss: str, weight: torch.Tensor) -> torch.Tensor:
+        """One training step's gradients without autograd where stacked_ops can: sets every parameter's
+        .grad to d/dp sum_k weight_k * mean_B loss_k and returns the (K,) mean losses (no graph).
+
+        Head and loss always by hand; a ReLU MLP's hidden layers too; a CNN's convolutions by autograd
+        (features, then backward of dL/dfeatures)."""
+        relu_mlp = self.name == "mlp" and self.act is torch.relu
+        with torch.no_grad():
+            if relu_mlp:
+                wb = [t for pair in zip(self.ws, self.bs, strict=True) for t in pair]
+                h, saved = stacked_ops.relu_mlp_forward(x, self.residual, self.w0, self.b0, wb)
+            else:
+                with torch.enable_grad():
+                    h_graph = self.features(x)
+                h = h_graph.detach()
+            losses, state = stacked_ops.head_loss_forward(h, self.wo, self.bo, y, loss)
+            dh, self.wo.grad, self.bo.grad = stacked_ops.head_loss_backward(
+                h, self.wo, y, loss, state, (weight / y.shape[1]).unsqueeze(1))
+            if relu_mlp:
+                grads = stacked_ops.relu_mlp_backward(x, self.residual, self.w0, wb, saved, dh)
+                for p, g in zip([self.w0, self.b0, *wb], grads, strict=True):
+                    p.grad = g
+        if not relu_mlp:
+            h_graph.backward(dh)
+        return losses.mean(-1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the output layer sees, (K, B, F) (for logistic: the logits)."""
         K = self.K
         shared = x.dim() == 2
         if self.name == "cnn":
-            return self._forward_cnn(x, shared)
+            return self._features_cnn(x, shared)
         # (K, B, P), contiguous. A shared batch is broadcast, not copied: this bmm is as fast as one
         # (B, L) @ (L, K*P) mm, and its contiguous output saves a (K, B, P) transpose copy in backward
         # (8 % of the K=32 MLP step).
@@ -161,9 +200,9 @@ class StackedModel(nn.Module):
         for w, b in zip(self.ws, self.bs, strict=True):
             z = self.act(torch.baddbmm(b.unsqueeze(1), h, w))
             h = h + z if self.residual else z
-        return StackedHead.apply(h, self.wo, self.bo)
+        return h
 
-    def _forward_cnn(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
+    def _features_cnn(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
         # Convolutions as patches + matmul, channels last: h (K, B, L_i, P). oneDNN's grouped conv
         # (groups=K) was no faster than K separate convs; patches + bmm is ~2x faster here.
         K, P = self.K, self.P
@@ -184,33 +223,7 @@ class StackedModel(nn.Module):
             L_out = patches.shape[2]
             h = torch.baddbmm(b.unsqueeze(1), patches.view(K, B * L_out, ks * P), w.view(K, ks * P, P))
             h = self.act(h.view(K, B, L_out, P))
-        return StackedHead.apply(h.reshape(K, B, -1), self.wo, self.bo)  # features (l, c)
-
-
-class StackedHead(torch.autograd.Function):
-    """The output layer of K members: h (K, B, F) @ w (K, C, F)^T + b (K, C) -> logits (K, B, C).
-
-    Every product is laid out with the C = 10 classes as the short *row* count, never as the column
-    count: MKL's batched gemm with 10 output columns ran at ~6 GFLOP/s here (32 x (100x100 @ 100x10)
-    took 1.09 ms, as long as 32 x (100x100 @ 100x100)), the same product as (10 x 100) @ (100 x 100)
-    0.24 ms. So logits = (w @ h^T)^T, dw = g^T @ h, dh = g @ w (contiguous, as the ReLU backward after
-    it wants; autograd's own backward of that forward hands it a transposed gradient, which made the
-    ReLU backward 3x slower). A K=32 MLP forward + backward on 1 thread, old and new interleaved in one
-    process: 9.9-12.9 ms -> 9.1-10.3 ms; bench_batched's 32 MLPs 3.2 s -> 2.5 and 3.0 s (docs/batched.md).
-    The backward is made of differentiable ops, so double backward works.
-    """
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(h, w)
-        return torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2)).transpose(1, 2).contiguous()
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        h, w = ctx.saved_tensors
-        dh = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
-        dw = torch.bmm(g.transpose(1, 2).contiguous(), h) if ctx.needs_input_grad[1] else None
-        return dh, dw, g.sum(1) if ctx.needs_input_grad[2] else None
+        return h.reshape(K, B, -1)  # features (l, c)
 
 
 def stacked_num_params(name: str, width: int, depth: int, input_len: int = 40, num_classes: int = 10,

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from mnist1d_lab import batched, models, protocol, stacks, train
-from mnist1d_lab.batched_models import StackedHead
+from mnist1d_lab.batched_models import StackedHead, StackedModel
 from mnist1d_lab.errors import ConfigError
+from mnist1d_lab.stacked_ops import member_losses
 
 
 @pytest.fixture(autouse=True)
@@ -255,3 +256,31 @@ def test_stacked_head_is_the_plain_product_with_first_and_second_derivatives():
     torch.testing.assert_close(StackedHead.apply(h, w, b), h @ w.transpose(1, 2) + b.unsqueeze(1))
     assert torch.autograd.gradcheck(StackedHead.apply, (h, w, b))
     assert torch.autograd.gradgradcheck(StackedHead.apply, (h, w, b))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("name,widths,extra", [
+    ("mlp", [7, 3, 5], {}),  # residual ReLU: every layer by hand
+    ("mlp", [4, 6], {"residual": False, "depth": 3}),
+    ("mlp", [5, 2], {"depth": 1}),
+    ("mlp", [6, 4], {"activation": "tanh"}),  # hidden layers by autograd, head and loss by hand
+    ("cnn", [3, 5], {}),
+])
+def test_hand_grads_equal_autograd_float64(name, widths, extra, shared, loss):
+    """StackedModel.hand_grads (stacked_ops, the CPU training step) against autograd on the same stack."""
+    cfgs, K, B = _member_cfgs(name, widths, **extra), len(widths), 30
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*(() if shared else (K,)), B, 40, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (K, B), generator=g)
+    weight = torch.tensor([1.0, 0.0, 0.5][:K], dtype=torch.float64)  # 0: a diverged, frozen member
+    hand, ref = (StackedModel(cfgs, [3, 4, 5][:K], dtype=torch.float64) for _ in range(2))
+    assert hand.can_hand_step(x)
+    losses = hand.hand_grads(x, y, loss, weight)
+    ref_losses = member_losses(loss, ref(x), y).mean(-1)
+    (ref_losses * weight).sum().backward()
+    torch.testing.assert_close(losses, ref_losses.detach(), rtol=1e-12, atol=1e-14)
+    for (n, p), q in zip(hand.named_parameters(), ref.parameters(), strict=True):
+        assert p.grad.shape == p.shape and p.grad.stride() == p.stride(), n
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-14, msg=n)
+    assert all(float(p.grad.abs().sum()) > 0 for p in hand.parameters())  # the test could fail

@@ -1,0 +1,148 @@
+"""The training step of K stacked members by hand: forward and backward without autograd's engine.
+
+`batched_models.StackedModel.hand_grads` uses these on CPU for the loss of every stack and, for ReLU
+MLPs (the paper's), for the whole network. A stacked step of small models on a CPU is dominated by what
+surrounds the matrix products, not by the products (docs/batched.md, "Ninth session"), and autograd's
+graph of the same maths spends that time in avoidable places:
+
+* the loss works on (K, B, C) logits, whose reductions over the C = 10 classes run as short inner loops
+  (a logsumexp over 16 x 100 x 10 logits took 80-135 us, an exp of the same 28 us). `head_loss_*` form
+  the logits with the classes as the *outer* axis, (K, C, B): max and sum over classes are elementwise
+  operations over B-long rows, and the gradient (softmax - onehot) comes out in the layout the head's
+  products want, so no transpose is copied;
+* each residual layer's input gradient is a bmm plus a separate add (here one `baddbmm`);
+* every node passes through the engine (Function objects, saved-variable checks, gradient
+  accumulation): ~0.4 ms of a 16-member MLP step of ~4 ms, measured with the same hand-written maths
+  run inside and outside autograd.Function.
+
+The gradients equal autograd's up to summation order (float64: ~1e-16 relative; tests compare both on
+every loss, residual or not, shared or per-member inputs). Anything else (other activations, the CNN's
+convolutions, a hook that wants autograd, CUDA, where the update is a replayed graph) stays autograd's.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def member_losses(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(K, B, C) logits, (K, B) labels -> (K, B) per-example losses (protocol.loss_fn before its mean).
+
+    The autograd reference for `HeadLoss`; evaluation uses it too.
+    """
+    if name == "cross_entropy":
+        return torch.logsumexp(logits, -1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    if name == "mse":
+        onehot = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+        return (logits - onehot).square().sum(-1)
+    raise ConfigError("train.loss", name, f"one of {list(LOSSES)}")
+
+
+class StackedHead(torch.autograd.Function):
+    """The output layer of K members: h (K, B, F) @ w (K, C, F)^T + b (K, C) -> logits (K, B, C).
+
+    Every product is laid out with the C = 10 classes as the short *row* count, never as the column
+    count: MKL's batched gemm with 10 output columns ran at ~6 GFLOP/s here (32 x (100x100 @ 100x10)
+    took 1.09 ms, as long as 32 x (100x100 @ 100x100)), the same product as (10 x 100) @ (100 x 100)
+    0.24 ms. So logits = (w @ h^T)^T, dw = g^T @ h, dh = g @ w (contiguous, as the ReLU backward after
+    it wants; autograd's own backward of that forward hands it a transposed gradient, which made the
+    ReLU backward 3x slower). A K=32 MLP forward + backward on 1 thread, old and new interleaved in one
+    process: 9.9-12.9 ms -> 9.1-10.3 ms; bench_batched's 32 MLPs 3.2 s -> 2.5 and 3.0 s (docs/batched.md).
+    The backward is made of differentiable ops, so double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, w)
+        return torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2)).transpose(1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        h, w = ctx.saved_tensors
+        dh = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
+        dw = torch.bmm(g.transpose(1, 2).contiguous(), h) if ctx.needs_input_grad[1] else None
+        return dh, dw, g.sum(1) if ctx.needs_input_grad[2] else None
+
+
+
+def head_loss_forward(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, loss: str
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output layer and loss of K members: h (K, B, F), w (K, C, F), b (K, C), labels y (K, B) ->
+    ((K, B) per-example losses, saved state for head_loss_backward), equal to
+    member_losses(loss, StackedHead.apply(h, w, b), y).
+
+    Logits zt = w @ h^T + b, (K, C, B). cross_entropy: with m the max over classes and e = exp(zt - m),
+    loss = log(sum_c e) - (zt_y - m); saved: softmax e / sum_c e. mse: loss = sum_c (zt - onehot)^2;
+    saved: zt - onehot.
+    """
+    zt = torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2))
+    idx = y.unsqueeze(1)  # (K, 1, B)
+    if loss == "cross_entropy":
+        zt.sub_(zt.amax(1, keepdim=True))
+        picked = zt.gather(1, idx)  # (K, 1, B), shifted like zt
+        e = zt.exp_()
+        total = e.sum(1, keepdim=True)
+        return (total.log() - picked).squeeze(1), e.div_(total)
+    if loss == "mse":
+        zt.scatter_add_(1, idx, torch.ones_like(idx, dtype=zt.dtype).neg_())  # zt - onehot
+        return zt.square().sum(1), zt
+    raise ConfigError("train.loss", loss, f"one of {list(LOSSES)}")
+
+
+def head_loss_backward(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, loss: str, saved: torch.Tensor,
+                       g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dh, dw, db) for upstream gradients g of the per-example losses, (K, B) or broadcastable (K, 1).
+
+    dzt = (softmax - onehot) * g (cross_entropy) or 2 (zt - onehot) * g (mse), (K, C, B); then
+    dh = dzt^T @ w, dw = dzt @ h, db = sum over B: the classes stay the short row count (StackedHead).
+    Consumes `saved` (written in place).
+    """
+    if loss == "cross_entropy":
+        saved.scatter_add_(1, y.unsqueeze(1), torch.ones_like(y.unsqueeze(1), dtype=saved.dtype).neg_())
+        dz = saved.mul_(g.unsqueeze(1))
+    else:
+        dz = saved.mul_((2 * g).unsqueeze(1))
+    return torch.bmm(dz.transpose(1, 2), w), torch.bmm(dz, h), dz.sum(2)
+
+
+def relu_mlp_forward(x: torch.Tensor, residual: bool, w0: torch.Tensor, b0: torch.Tensor,
+                     wb: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Hidden layers of K ReLU MLPs in StackedModel's layouts (w0 (L, K, P), hidden w (K, P, P) [in, out],
+    biases (K, P); wb = [w1, b1, w2, b2, ...]): x (B, L) shared or (K, B, L) -> (h (K, B, P), saved).
+
+    h0 = relu(x w0 + b0); r_i = relu(h_{i-1} w_i + b_i); h_i = h_{i-1} + r_i (residual) or r_i.
+    saved = [h0, r_1, h_1, r_2, h_2, ...] (h_i is r_i when not residual).
+    """
+    K = w0.shape[1]
+    h = torch.baddbmm(b0.unsqueeze(1), x.expand(K, -1, -1) if x.dim() == 2 else x, w0.permute(1, 0, 2)).relu_()
+    saved = [h]
+    for w, b in zip(wb[::2], wb[1::2], strict=True):
+        r = torch.baddbmm(b.unsqueeze(1), h, w).relu_()
+        h = h + r if residual else r
+        saved += [r, h]
+    return h, saved
+
+
+def relu_mlp_backward(x: torch.Tensor, residual: bool, w0: torch.Tensor, wb: Sequence[torch.Tensor],
+                      saved: list[torch.Tensor], g: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients [dw0, db0, dw1, db1, ...] of relu_mlp_forward's parameters for g = dL/dh (K, B, P).
+
+    Layer i: da_i = g * [r_i > 0] (threshold_backward, as autograd's ReLU, from the saved output);
+    dw_i = h_{i-1}^T da_i; db_i = sum_B da_i; dL/dh_{i-1} = da_i w_i^T (+ g if residual, one baddbmm).
+    """
+    grads: list = [None] * len(wb)
+    for i in reversed(range(len(wb) // 2)):
+        r, h_in, w = saved[2 * i + 1], saved[2 * i], wb[2 * i]  # saved[2i] is h_{i-1} (h0 for i = 0)
+        da = torch.ops.aten.threshold_backward(g, r, 0)
+        grads[2 * i], grads[2 * i + 1] = torch.bmm(h_in.transpose(1, 2), da), da.sum(1)
+        g = torch.baddbmm(g, da, w.transpose(1, 2)) if residual else torch.bmm(da, w.transpose(1, 2))
+    da0 = torch.ops.aten.threshold_backward(g, saved[0], 0)
+    xe = x.expand(w0.shape[1], -1, -1) if x.dim() == 2 else x
+    dw0 = torch.bmm(xe.transpose(1, 2), da0).permute(1, 0, 2).contiguous()  # (K, L, P) -> w0's (L, K, P)
+    return [dw0, da0.sum(1), *grads]
