@@ -7,10 +7,12 @@ train_batched runs as plan_groups width buckets (the output gives the number of 
 
 The one-at-a-time side times a subset of members (--single-sample per case, spread over the members)
 and extrapolates per model; the output says so. Both paths are warmed up first (the first conv sets up
-oneDNN). Memory: `est` is stacks.estimate_memory_mb (tensor sizes); `maxrss` is the
-process's peak resident set after the case (resource.getrusage, cumulative, so it only shows growth).
+oneDNN). The two paths alternate --repeats times per case and each keeps its fastest time (this VM's
+speed drifts by 1.5x over minutes, so one pass of each could land in different phases); the ratio of
+the medians is printed as well. Memory: `est` is stacks.estimate_memory_mb (tensor sizes); `maxrss`
+is the process's peak resident set so far (resource.getrusage).
 
-    python scripts/bench_batched.py [--steps 300] [--threads 1] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
+    python scripts/bench_batched.py [--steps 300] [--threads 1] [--repeats 3] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
                                     [--batched-threads 2] [--side-by-side ddmlp] [--device cuda]
 With --device cuda both paths train on the GPU (times include a synchronize), and a float64 check first
 prints how far batched and one-at-a-time loss curves differ there (MLP widths, CNN channels, 100 steps),
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
 
 import numpy as np
@@ -75,6 +78,27 @@ def time_single(cfgs, seeds, data, cfg, sample: int, device: str = "cpu") -> tup
         wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
         accs.append(r.summary["final_test_acc"])
     return wall / len(picks), cpu / len(picks), float(np.mean(accs))
+
+
+def time_batched(cfgs, seeds, data, cfg, device: str, threads: int, gpu: bool) -> tuple:
+    """(wall s, cpu s, mean final test acc, peak-memory text, eager wall s or 0) of one train_batched run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    eager = 0.0
+    if gpu:  # first without CUDA graphs (eager kernel launches), then as train_batched runs by default
+        t = time.perf_counter()
+        batched.train_batched(cfgs, seeds, data, cfg, progress=False, device=device, cuda_graphs=False)
+        sync(device)
+        eager = time.perf_counter() - t
+        torch.cuda.reset_peak_memory_stats(device)
+    t, c = time.perf_counter(), time.process_time()
+    res = batched.train_batched(cfgs, seeds, data, cfg, progress=False, device=device)
+    sync(device)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    torch.set_num_threads(before)
+    acc = float(np.mean([r.summary["final_test_acc"] for r in res]))
+    peak = f", cuda peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" if gpu else ""
+    return wall, cpu, acc, peak, eager
 
 
 def case_members(case: str) -> tuple[list[dict], list[int]]:
@@ -150,6 +174,8 @@ def main() -> None:
     ap.add_argument("--min-split", type=int, default=stacks.MIN_SPLIT,
                     help="stacks.MIN_SPLIT: smallest part of a stack trained side by side on several threads "
                          "(a huge value keeps every stack whole, for an A/B)")
+    ap.add_argument("--repeats", type=int, default=3, help="alternations of the two paths per case; the fastest "
+                    "of each is kept (the last line) and the ratio of medians printed too")
     ap.add_argument("--cases", default="mlp8,mlp32,mlp128,cnn32,widths64")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both paths train")
     ap.add_argument("--side-by-side", default="ddmlp", help="also time the double-descent MLP stacks one after "
@@ -172,45 +198,36 @@ def main() -> None:
     if gpu:
         check_float64(data, device)
 
-    single_cache: dict[str, tuple] = {}
-    speedups = {}
+    speedups, medians = {}, {}
     for case in args.cases.split(","):
         cfgs, seeds = case_members(case)
         k = len(cfgs)
-        key = "widths" if case.startswith("widths") else case[:3]
-        sample = max(args.single_sample, 8) if key == "widths" else args.single_sample
-        if key not in single_cache or key == "widths":  # seeds cost the same: reuse the per-model time
-            single_cache[key] = time_single(cfgs, seeds, data, cfg, sample, device)
-        s_wall, s_cpu, s_acc = single_cache[key]
-        torch.set_num_threads(args.batched_threads or args.threads)
-        if gpu:  # first without CUDA graphs (eager kernel launches), then as train_batched runs by default
-            t = time.perf_counter()
-            batched.train_batched(cfgs, seeds, data, cfg, progress=False, device=device, cuda_graphs=False)
-            sync(device)
-            eager = time.perf_counter() - t
-            torch.cuda.reset_peak_memory_stats(device)
-        rss0, t, c = maxrss_mb(), time.perf_counter(), time.process_time()
-        res = batched.train_batched(cfgs, seeds, data, cfg, progress=False, device=device)
-        sync(device)
-        b_wall, b_cpu = time.perf_counter() - t, time.process_time() - c
-        torch.set_num_threads(args.threads)
+        sample = max(args.single_sample, 8) if case.startswith("widths") else args.single_sample
+        singles, runs = [], []
+        for _ in range(args.repeats):  # alternate the two paths: this VM's speed drifts by minutes
+            singles.append(time_single(cfgs, seeds, data, cfg, sample, device))
+            runs.append(time_batched(cfgs, seeds, data, cfg, device, args.batched_threads or args.threads, gpu))
+        s_wall, s_cpu, s_acc = min(singles)
+        b_wall, b_cpu, b_acc, peak, eager = min(runs)
+        speedups[case] = s_wall * k / b_wall
+        medians[case] = statistics.median(s[0] for s in singles) * k / statistics.median(r[0] for r in runs)
         if gpu:
             print(f"{case:9s} batched on {device}: eager launches {eager:.2f} s, CUDA graphs {b_wall:.2f} s "
                   f"({eager / b_wall:.2f}x)")
-        b_acc = float(np.mean([r.summary["final_test_acc"] for r in res]))
-        peak = f", cuda peak {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB" if gpu else ""
         est = stacks.estimate_memory_mb(cfgs, len(data.x))
         groups = len(stacks.plan_groups(cfgs, len(data.x), float("inf"), device=device))  # train_batched's stacks
-        speedups[case] = s_wall * k / b_wall
         print(f"{case:9s} K={k:3d} one-at-a-time {s_wall * k:7.1f} s (extrapolated from {min(sample, k)} "
               f"members, {s_wall * 1e3:.0f} ms/model, cpu {s_cpu * k:.1f} s, test_acc {s_acc:.3f}) | batched "
               f"{b_wall:6.1f} s in {groups} stack(s) (cpu {b_cpu:.1f} s, test_acc {b_acc:.3f}) | speedup {speedups[case]:.2f}x "
-              f"(cpu {s_cpu * k / b_cpu:.2f}x) | memory est {est:.0f} MB, maxrss {rss0:.0f}->{maxrss_mb():.0f} MB{peak}")
+              f"(cpu {s_cpu * k / b_cpu:.2f}x; ratio of medians {medians[case]:.2f}x) | fastest of {args.repeats}: "
+              f"one-at-a-time {', '.join(f'{t[0] * k:.1f}' for t in singles)} s, batched "
+              f"{', '.join(f'{r[0]:.1f}' for r in runs)} s | memory est {est:.0f} MB, maxrss {maxrss_mb():.0f} MB{peak}")
     if "ddmlp" in args.side_by_side and not gpu:  # side by side is a CPU schedule
         stacks_in_turn_vs_side_by_side(data, args.steps * 4, args.batched_threads or args.threads)
     if not gpu:
         print(f"machine check after: mm 1024^3 at {matmul_gflops():.0f} GFLOP/s")
     fmt = {c: f"{speedups[c]:.2f}x" if c in speedups else "n/a" for c in ("mlp32", "cnn32", "widths64")}
+    print("ratio of medians: " + ", ".join(f"{c} {m:.2f}x" for c, m in medians.items()))
     print(f"batched speedup mlp32: {fmt['mlp32']}, cnn32: {fmt['cnn32']}, widths64: {fmt['widths64']}")
 
 
