@@ -162,25 +162,30 @@ class StackedModel(nn.Module):
         """One training step's gradients without autograd where stacked_ops can: sets every parameter's
         .grad to d/dp sum_k weight_k * mean_B loss_k and returns the (K,) mean losses (no graph).
 
-        Head and loss always by hand; a ReLU MLP's hidden layers too; a CNN's convolutions by autograd
-        (features, then backward of dL/dfeatures)."""
-        relu_mlp = self.name == "mlp" and self.act is torch.relu
+        Head and loss always by hand; the hidden layers of ReLU MLPs and CNNs too; other activations'
+        layers by autograd (features, then backward of dL/dfeatures)."""
         with torch.no_grad():
-            if relu_mlp:
-                wb = [t for pair in zip(self.ws, self.bs, strict=True) for t in pair]
-                h, saved = stacked_ops.relu_mlp_forward(x, self.residual, self.w0, self.b0, wb)
-            else:
+            if self.act is not torch.relu:
                 with torch.enable_grad():
                     h_graph = self.features(x)
                 h = h_graph.detach()
+            elif self.name == "mlp":
+                body = [self.w0, self.b0, *(t for pair in zip(self.ws, self.bs, strict=True) for t in pair)]
+                h, saved = stacked_ops.relu_mlp_forward(x, self.residual, self.w0, self.b0, body[2:])
+            else:
+                body = [*self.cw, *self.cb]
+                h, saved = stacked_ops.relu_cnn_forward(x, self.conv_args, self.cw, self.cb)
             losses, state = stacked_ops.head_loss_forward(h, self.wo, self.bo, y, loss)
             dh, self.wo.grad, self.bo.grad = stacked_ops.head_loss_backward(
                 h, self.wo, y, loss, state, (weight / y.shape[1]).unsqueeze(1))
-            if relu_mlp:
-                grads = stacked_ops.relu_mlp_backward(x, self.residual, self.w0, wb, saved, dh)
-                for p, g in zip([self.w0, self.b0, *wb], grads, strict=True):
+            if self.act is torch.relu:
+                if self.name == "mlp":
+                    grads = stacked_ops.relu_mlp_backward(x, self.residual, self.w0, body[2:], saved, dh)
+                else:
+                    grads = stacked_ops.relu_cnn_backward(x, self.conv_args, self.cw, saved, dh)
+                for p, g in zip(body, grads, strict=True):
                     p.grad = g
-        if not relu_mlp:
+        if self.act is not torch.relu:
             h_graph.backward(dh)
         return losses.mean(-1)
 

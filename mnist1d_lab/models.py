@@ -107,29 +107,34 @@ class CNN(nn.Module):
         return self.out(h.transpose(1, 2).flatten(1))  # original (B, C, L_out) flatten -> (B, 10)
 
 
-class Im2col(torch.autograd.Function):
-    """(..., L, C) channels last -> zero-padded sliding windows (..., L_out, k, C), contiguous.
+def im2col(h: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
+    """(..., L, C) channels last -> zero-padded sliding windows (..., L_out, k, C), contiguous: pad + one
+    copy of the unfold view ((k, C) order copies 3x faster than (C, k))."""
+    return F.pad(h, (0, 0, pad, pad)).unfold(-2, k, stride).transpose(-1, -2).contiguous()
 
-    Used by the CNN here and by the stacked CNN (batched_models). Forward is pad + one copy of the
-    unfold view ((k, C) order copies 3x faster than (C, k)); the backward adds the k strided slices
-    back (col2im): autograd's unfold_backward took ~0.9 ms of a ~4 ms CNN step (20 %) on these shapes.
-    """
+
+def col2im(g: torch.Tensor, length: int, k: int, stride: int, pad: int) -> torch.Tensor:
+    """Backward of im2col: windows' gradients g (..., L_out, k, C) -> (..., length, C), adding the k
+    strided slices back (autograd's unfold_backward took ~0.9 ms of a ~4 ms CNN step here)."""
+    L_out = g.shape[-3]
+    span = stride * (L_out - 1) + 1
+    grad = g.new_zeros(*g.shape[:-3], length + 2 * pad, g.shape[-1])
+    for j in range(k):
+        grad[..., j:j + span:stride, :] += g[..., j, :]
+    return grad[..., pad:pad + length, :]
+
+
+class Im2col(torch.autograd.Function):
+    """im2col with col2im as its backward. Used by the CNN here and by the stacked CNN (batched_models)."""
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, k: int, stride: int, pad: int) -> torch.Tensor:
-        hp = F.pad(h, (0, 0, pad, pad))
-        out = hp.unfold(-2, k, stride).transpose(-1, -2).contiguous()
-        ctx.shape, ctx.args = hp.shape, (k, stride, pad, out.shape[-3])
-        return out
+        ctx.args = (h.shape[-2], k, stride, pad)
+        return im2col(h, k, stride, pad)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        k, stride, pad, L_out = ctx.args
-        span = stride * (L_out - 1) + 1
-        grad = g.new_zeros(ctx.shape)
-        for j in range(k):
-            grad[..., j:j + span:stride, :] += g[..., j, :]
-        return grad[..., pad:ctx.shape[-2] - pad, :], None, None, None
+        return col2im(g, *ctx.args), None, None, None
 
 
 class GRU(nn.Module):

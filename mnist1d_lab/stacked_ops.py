@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import models
 from .errors import ConfigError
 
 LOSSES = ("cross_entropy", "mse")
@@ -146,3 +147,59 @@ def relu_mlp_backward(x: torch.Tensor, residual: bool, w0: torch.Tensor, wb: Seq
     xe = x.expand(w0.shape[1], -1, -1) if x.dim() == 2 else x
     dw0 = torch.bmm(xe.transpose(1, 2), da0).permute(1, 0, 2).contiguous()  # (K, L, P) -> w0's (L, K, P)
     return [dw0, da0.sum(1), *grads]
+
+
+def relu_cnn_forward(x: torch.Tensor, conv_args: Sequence[tuple[int, int]], cw: Sequence[torch.Tensor],
+                     cb: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list]:
+    """Convolutions of K ReLU CNNs in StackedModel's layouts (channels last; first conv w (k0, K, P), later
+    w (K, k, P_in, P), biases (K, P)): x (B, L) shared or (K, B, L) -> (features (K, B, L_last * P), saved).
+
+    As StackedModel._features_cnn: conv = im2col patches @ w + b, then ReLU. saved = per conv
+    (patches as a matrix, ReLU output), the first conv's patches (B*L1, k0) or (K, B*L1, k0).
+    """
+    (stride, pad), k0 = conv_args[0], cw[0].shape[0]
+    K, P = cw[0].shape[1:]
+    patches = F.pad(x, (pad, pad)).unfold(-1, k0, stride)  # (B, L1, k0) or (K, B, L1, k0)
+    B, L1 = patches.shape[-3:-1]
+    if x.dim() == 2:  # every member's first conv is one (B*L1, k0) @ (k0, K*P) mm
+        pm = patches.reshape(B * L1, k0)
+        h = torch.addmm(cb[0].view(-1), pm, cw[0].view(k0, K * P)).relu_().view(B, L1, K, P).permute(2, 0, 1, 3)
+    else:
+        pm = patches.reshape(K, B * L1, k0)
+        h = torch.baddbmm(cb[0].unsqueeze(1), pm, cw[0].permute(1, 0, 2)).relu_().view(K, B, L1, P)
+    saved = [(pm, h)]
+    for (stride, pad), w, b in zip(conv_args[1:], cw[1:], cb[1:], strict=True):
+        ks = w.shape[1]
+        pm = models.im2col(h, ks, stride, pad)  # (K, B, L_out, ks, P)
+        L_out = pm.shape[2]
+        pm = pm.view(K, B * L_out, ks * P)
+        h = torch.baddbmm(b.unsqueeze(1), pm, w.view(K, ks * P, P)).relu_().view(K, B, L_out, P)
+        saved.append((pm, h))
+    return h.reshape(K, B, -1), saved
+
+
+def relu_cnn_backward(x: torch.Tensor, conv_args: Sequence[tuple[int, int]], cw: Sequence[torch.Tensor],
+                      saved: list, g: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients [dw0, ..., dw_last, db0, ..., db_last] of relu_cnn_forward's parameters for g = dL/dfeatures.
+
+    Conv i: da = g * [h_i > 0]; dw_i = patches^T da; db_i = sum da; dL/dpatches = da w_i^T, folded back
+    onto the input positions by col2im (the first conv's input is data: no gradient).
+    """
+    K, P = cw[0].shape[1:]
+    dws, dbs = [None] * len(cw), [None] * len(cw)
+    g = g.view(saved[-1][1].shape)  # (K, B, L_last, P)
+    for i in reversed(range(1, len(cw))):
+        (pm, h), (stride, pad), w = saved[i], conv_args[i], cw[i]
+        ks = w.shape[1]
+        da = torch.ops.aten.threshold_backward(g, h, 0).view(K, -1, P)  # (K, B*L_out, P)
+        dws[i], dbs[i] = torch.bmm(pm.transpose(1, 2), da).view(w.shape), da.sum(1)
+        dpatches = torch.bmm(da, w.view(K, ks * P, P).transpose(1, 2)).view(*h.shape[:3], ks, P)
+        g = models.col2im(dpatches, saved[i - 1][1].shape[2], ks, stride, pad)  # (K, B, L_in, P)
+    pm, h = saved[0]
+    da = torch.ops.aten.threshold_backward(g, h, 0)  # (K, B, L1, P)
+    if x.dim() == 2:  # patches (B*L1, k0): dw0 = pm^T @ da as (B*L1, K*P)
+        dws[0] = torch.mm(pm.t(), da.permute(1, 2, 0, 3).reshape(pm.shape[0], K * P)).view(cw[0].shape)
+    else:
+        dws[0] = torch.bmm(pm.transpose(1, 2), da.reshape(K, -1, P)).permute(1, 0, 2).contiguous()
+    dbs[0] = da.sum((1, 2))
+    return dws + dbs

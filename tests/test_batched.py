@@ -265,7 +265,9 @@ def test_stacked_head_is_the_plain_product_with_first_and_second_derivatives():
     ("mlp", [4, 6], {"residual": False, "depth": 3}),
     ("mlp", [5, 2], {"depth": 1}),
     ("mlp", [6, 4], {"activation": "tanh"}),  # hidden layers by autograd, head and loss by hand
-    ("cnn", [3, 5], {}),
+    ("cnn", [3, 5], {}),  # ReLU: every layer by hand
+    ("cnn", [3, 6], {"depth": 2, "kernel_sizes": [3, 5], "stride": 1, "padding": 2}),
+    ("cnn", [4, 2], {"depth": 4, "activation": "elu"}),
 ])
 def test_hand_grads_equal_autograd_float64(name, widths, extra, shared, loss):
     """StackedModel.hand_grads (stacked_ops, the CPU training step) against autograd on the same stack."""
