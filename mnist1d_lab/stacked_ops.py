@@ -1,9 +1,9 @@
 """The training step of K stacked members by hand: forward and backward without autograd's engine.
 
-`batched_models.StackedModel.hand_grads` uses these on CPU for the loss of every stack and, for ReLU
-MLPs (the paper's), for the whole network. A stacked step of small models on a CPU is dominated by what
-surrounds the matrix products, not by the products (docs/batched.md, "Ninth session"), and autograd's
-graph of the same maths spends that time in avoidable places:
+`batched_models.StackedModel.hand_grads` uses these on CPU: for the output layer and loss of every
+stack, and for all layers of ReLU MLPs and ReLU CNNs (the paper's models). A stacked step of small
+models on a CPU spends much of its time around the matrix products (docs/batched.md, "Ninth session"),
+and autograd's graph of the same maths spends some of it in avoidable places:
 
 * the loss works on (K, B, C) logits, whose reductions over the C = 10 classes run as short inner loops
   (a logsumexp over 16 x 100 x 10 logits took 80-135 us, an exp of the same 28 us). `head_loss_*` form
@@ -12,12 +12,11 @@ graph of the same maths spends that time in avoidable places:
   products want, so no transpose is copied;
 * each residual layer's input gradient is a bmm plus a separate add (here one `baddbmm`);
 * every node passes through the engine (Function objects, saved-variable checks, gradient
-  accumulation): ~0.4 ms of a 16-member MLP step of ~4 ms, measured with the same hand-written maths
+  accumulation): ~0.4 ms of a 16-member MLP step of ~3.5 ms, measured with the same hand-written maths
   run inside and outside autograd.Function.
 
-The gradients equal autograd's up to summation order (float64: ~1e-16 relative; tests compare both on
-every loss, residual or not, shared or per-member inputs). Anything else (other activations, the CNN's
-convolutions, a hook that wants autograd, CUDA, where the update is a replayed graph) stays autograd's.
+The gradients equal autograd's up to summation order (tests compare them in float64). Other
+activations' layers, and CUDA (where the update is replayed as a CUDA graph), stay with autograd.
 """
 from __future__ import annotations
 
@@ -28,14 +27,13 @@ import torch.nn.functional as F
 
 from . import models
 from .errors import ConfigError
-
-LOSSES = ("cross_entropy", "mse")
+from .protocol import LOSSES
 
 
 def member_losses(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(K, B, C) logits, (K, B) labels -> (K, B) per-example losses (protocol.loss_fn before its mean).
 
-    The autograd reference for `HeadLoss`; evaluation uses it too.
+    Evaluation and the autograd path use it; head_loss_forward is the same maths by hand.
     """
     if name == "cross_entropy":
         return torch.logsumexp(logits, -1) - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
@@ -69,7 +67,6 @@ class StackedHead(torch.autograd.Function):
         dh = torch.bmm(g, w) if ctx.needs_input_grad[0] else None
         dw = torch.bmm(g.transpose(1, 2).contiguous(), h) if ctx.needs_input_grad[1] else None
         return dh, dw, g.sum(1) if ctx.needs_input_grad[2] else None
-
 
 
 def head_loss_forward(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, loss: str
