@@ -190,7 +190,10 @@ class StackedModel(nn.Module):
         return losses.mean(-1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the output layer sees, (K, B, F) (for logistic: the logits)."""
+        """What the output layer sees, (K, B, F) (for logistic: the logits). Evaluation and the autograd
+        path use it; the CPU training step of ReLU MLPs and CNNs does the same maths in stacked_ops
+        (hand_grads): a change here (masks applied in forward, say) must go there too, or set
+        hand_backward = False for that model."""
         K = self.K
         shared = x.dim() == 2
         if self.name == "cnn":
