@@ -15,6 +15,6 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pri
 status=0
 python -m pytest -q -rs tests/test_train.py tests/test_batched.py tests/test_optim.py -k cuda || status=1
 python -m pytest -q tests/test_sweeps.py || status=1
-python scripts/bench_batched.py --device cuda --steps 1000 --eval-every 250 --cases mlp32,mlp128,cnn32 \
+python scripts/bench_batched.py --device cuda --steps 1000 --eval-every 250 --cases mlp32,mlp128,cnn32 --repeats 1 \
     --side-by-side '' || status=1
 exit $status
