@@ -188,7 +188,7 @@ def relu_cnn_backward(x: torch.Tensor, conv_args: Sequence[tuple[int, int]], cw:
     for i in reversed(range(1, len(cw))):
         (pm, h), (stride, pad), w = saved[i], conv_args[i], cw[i]
         ks = w.shape[1]
-        da = torch.ops.aten.threshold_backward(g, h, 0).view(K, -1, P)  # (K, B*L_out, P)
+        da = torch.ops.aten.threshold_backward(g, h, 0).reshape(K, -1, P)  # (K, B*L_out, P)
         dws[i], dbs[i] = torch.bmm(pm.transpose(1, 2), da).view(w.shape), da.sum(1)
         dpatches = torch.bmm(da, w.view(K, ks * P, P).transpose(1, 2)).view(*h.shape[:3], ks, P)
         g = models.col2im(dpatches, saved[i - 1][1].shape[2], ks, stride, pad)  # (K, B, L_in, P)
