@@ -19,7 +19,7 @@ prints how far batched and one-at-a-time loss curves differ there (MLP widths, C
 and each case's batched run is also timed without CUDA graphs (`cuda_graphs=False`: eager launches).
 Before the last line, `ddmlp`: the double-descent MLP stacks one after another vs side by side
 (runner.execute_groups' schedule), on --batched-threads threads.
-Last line: `batched speedup mlp32: <r>x, cnn32: <r>x, widths64: <r>x`. ~6 min on 2 idle cores with --repeats 3.
+Last line: `batched speedup mlp32: <r>x, cnn32: <r>x, widths64: <r>x`. ~2.5 min on 2 idle cores (145 s measured with --repeats 3).
 """
 
 from __future__ import annotations
