@@ -31,7 +31,8 @@ Layouts (K members, P = padded width or channels, L = input length, C = classes)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -165,29 +166,34 @@ class StackedModel(nn.Module):
         Head and loss always by hand; the hidden layers of ReLU MLPs and CNNs too; other activations'
         layers by autograd (features, then backward of dL/dfeatures)."""
         with torch.no_grad():
-            if self.act is not torch.relu:
-                with torch.enable_grad():
-                    h_graph = self.features(x)
-                h = h_graph.detach()
-            elif self.name == "mlp":
-                body = [self.w0, self.b0, *(t for pair in zip(self.ws, self.bs, strict=True) for t in pair)]
-                h, saved = stacked_ops.relu_mlp_forward(x, self.residual, self.w0, self.b0, body[2:])
-            else:
-                body = [*self.cw, *self.cb]
-                h, saved = stacked_ops.relu_cnn_forward(x, self.conv_args, self.cw, self.cb)
+            h, body_backward = self._hand_body(x)
             losses, state = stacked_ops.head_loss_forward(h, self.wo, self.bo, y, loss)
             dh, self.wo.grad, self.bo.grad = stacked_ops.head_loss_backward(
                 h, self.wo, y, loss, state, (weight / y.shape[1]).unsqueeze(1))
-            if self.act is torch.relu:
-                if self.name == "mlp":
-                    grads = stacked_ops.relu_mlp_backward(x, self.residual, self.w0, body[2:], saved, dh)
-                else:
-                    grads = stacked_ops.relu_cnn_backward(x, self.conv_args, self.cw, saved, dh)
-                for p, g in zip(body, grads, strict=True):
-                    p.grad = g
-        if self.act is not torch.relu:
-            h_graph.backward(dh)
+            body_backward(dh)
         return losses.mean(-1)
+
+    def _hand_body(self, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], None]]:
+        """(features of x, a function that sets the body's .grad from dL/dfeatures), for hand_grads."""
+        if self.act is not torch.relu:
+            with torch.enable_grad():
+                h = self.features(x)
+            return h.detach(), h.backward
+        if self.name == "mlp":
+            wb = [t for pair in zip(self.ws, self.bs, strict=True) for t in pair]
+            h, saved = stacked_ops.relu_mlp_forward(x, self.residual, self.w0, self.b0, wb)
+            params = [self.w0, self.b0, *wb]
+            backward = functools.partial(stacked_ops.relu_mlp_backward, x, self.residual, self.w0, wb, saved)
+        else:
+            h, saved = stacked_ops.relu_cnn_forward(x, self.conv_args, self.cw, self.cb)
+            params = [*self.cw, *self.cb]
+            backward = functools.partial(stacked_ops.relu_cnn_backward, x, self.conv_args, self.cw, saved)
+
+        def set_grads(dh: torch.Tensor) -> None:
+            for p, g in zip(params, backward(dh), strict=True):
+                p.grad = g
+
+        return h, set_grads
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the output layer sees, (K, B, F) (for logistic: the logits). Evaluation and the autograd
