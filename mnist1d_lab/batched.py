@@ -179,14 +179,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
                     weight[k] = 0.0
 
     def update(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        if model.can_hand_step(xb):  # CPU: the same gradients without autograd's engine (stacked_ops)
-            optimizer.zero_grad()
-            model.hand_grads(xb, yb, loss_name, weight)
-        else:
-            losses = member_losses(loss_name, model(xb), yb).mean(-1)  # (K,) each member's mean loss
-            optimizer.zero_grad()
-            (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
-        optimizer.step()
+        stacked_update(model, optimizer, xb, yb, loss_name, weight)
 
     graphed = GraphedUpdate(update) if cuda_graphs and can_graph(device, hook, n, batch_size) else None
     bar = tqdm(total=total, disable=not progress, desc=f"train x{K}", unit="step", leave=False)
@@ -221,6 +214,20 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
     return results
 
 
+def stacked_update(model: StackedModel, optimizer: optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                   loss: str, weight: torch.Tensor) -> None:
+    """One optimiser step of every member on its batch: x (B, L) shared or (K, B, L), labels y (K, B), loss
+    weights (K,) (0 for a frozen member). The loss is the SUM of the members' weighted mean losses."""
+    if model.can_hand_step(x):  # CPU: the same gradients without autograd's engine (stacked_ops)
+        optimizer.zero_grad()
+        model.hand_grads(x, y, loss, weight)
+    else:
+        losses = member_losses(loss, model(x), y).mean(-1)  # (K,) each member's mean loss
+        optimizer.zero_grad()
+        (losses * weight).sum().backward()  # sum: every member gets exactly its own gradient
+    optimizer.step()
+
+
 def _member_batches(n: int, batch_size: int, gens: Sequence[torch.Generator], device) -> Iterator[torch.Tensor]:
     """Endless (K, B) row indices, member k's row k drawn exactly as protocol.batches(n, batch_size,
     "reshuffle", gens[k]) draws it (one randperm per epoch, split into batches), one copy to the
@@ -238,4 +245,4 @@ def _freeze(model: StackedModel, optimizer: optim.Optimizer, k: int) -> None:
             model.member_view(name, t, k).zero_()
 
 
-__all__ = ["batch_key", "can_batch", "train_batched", "StackedModel"]
+__all__ = ["batch_key", "can_batch", "stacked_update", "train_batched", "StackedModel"]

@@ -18,10 +18,9 @@ import time
 
 import torch
 
-from mnist1d_lab import cpu, train
+from mnist1d_lab import batched, cpu, train
 from mnist1d_lab.batched_models import StackedModel
 from mnist1d_lab.data import load
-from mnist1d_lab.stacked_ops import member_losses
 
 DD = {"dd_mlp_2": [230, 300], "dd_mlp_4": [80, 104, 135, 177], "dd_mlp_13": [2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61],
       "dd_cnn_3": [90, 95, 100], "dd_cnn_4": [35, 40, 45, 50], "dd_cnn_9": [2, 3, 4, 5, 7, 9, 12, 16, 18]}
@@ -50,16 +49,6 @@ def batches(data, K: int, own: bool, batch: int = 100):
                 yield data.x[i:i + batch], data.y[i:i + batch].expand(K, -1)
 
 
-def step(model: StackedModel, opt, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> None:
-    """batched._train_group's update, either path."""
-    opt.zero_grad()
-    if model.can_hand_step(x):
-        model.hand_grads(x, y, "cross_entropy", weight)
-    else:
-        (member_losses("cross_entropy", model(x), y).mean(-1) * weight).sum().backward()
-    opt.step()
-
-
 def run_case(case: str, data, rounds: int, steps: int) -> float:
     cfgs, dd = members(case)
     K = len(cfgs)
@@ -75,7 +64,7 @@ def run_case(case: str, data, rounds: int, steps: int) -> float:
         for hand, (model, opt) in stacks.items():
             t = time.perf_counter()
             for _ in range(n):
-                step(model, opt, *next(feed), weight)
+                batched.stacked_update(model, opt, *next(feed), "cross_entropy", weight)
             if r:
                 times[hand].append((time.perf_counter() - t) / n * 1e3)
     a, h = times[False], times[True]
