@@ -1,7 +1,8 @@
 """K models of one family as stacked, zero-padded parameters (logistic, MLP, CNN), for `batched.py`.
 
 Member k of a `StackedModel` is exactly the model `models.build_model(cfgs[k], seeds[k])`: it is built
-that way, copied into the stacked tensors, and can be copied back out with `extract(k)`.
+that way, copied into the stacked tensors, and its weights are copied back out into that model by
+`member_model(k)`.
 
 Why zero padding is exact (members of different `width` / `channels`, padded to the largest, P):
   * A padded hidden unit j of member k has zero incoming weights and zero bias, so its pre-activation
@@ -97,6 +98,7 @@ class StackedModel(nn.Module):
         with torch.no_grad():
             for k, m in enumerate(small):
                 self._copy(k, m, into_stack=True)
+        self._members = small  # not submodules: member_model(k) refreshes one from the stack and returns it
 
     def _pairs(self, k: int, m: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(view into the stacked parameter, the small model's tensor in the same layout) for member k."""
@@ -121,11 +123,13 @@ class StackedModel(nn.Module):
             (stacked if into_stack else small).copy_(small if into_stack else stacked)
 
     @torch.no_grad()
-    def extract(self, k: int) -> nn.Module:
-        """Member k as an ordinary model of its own width (a copy, same dtype/device as the stack)."""
-        m = models.build_model(self.cfgs[k], self.seeds[k], self.L, self.C)
-        p0 = next(self.parameters())
-        m = m.to(dtype=p0.dtype, device=p0.device)
+    def member_model(self, k: int) -> nn.Module:
+        """Member k as an ordinary model of its own width holding the stack's current weights: the module
+        built for it with the stack (same module on every call, same dtype and device as the stack)."""
+        m, p0 = self._members[k], next(self.parameters())
+        q = next(m.parameters())
+        if (q.dtype, q.device) != (p0.dtype, p0.device):
+            m = self._members[k] = m.to(dtype=p0.dtype, device=p0.device)
         self._copy(k, m, into_stack=False)
         return m
 

@@ -286,3 +286,26 @@ def test_hand_grads_equal_autograd_float64(name, widths, extra, shared, loss):
         assert p.grad.shape == p.shape and p.grad.stride() == p.stride(), n
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-14, msg=n)
     assert all(float(p.grad.abs().sum()) > 0 for p in hand.parameters())  # the test could fail
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("name,widths", [("mlp", [7, 3, 5]), ("cnn", [3, 5])])
+def test_stacked_evaluation_equals_member_by_member_float64(name, widths, shared):
+    """The GPU path's evaluation (all members at once, in chunks of rows) against the CPU path's (each
+    member as its own model, train.evaluate), on trained-looking (perturbed) weights."""
+    cfgs, K, n = _member_cfgs(name, widths), len(widths), 50
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(*(() if shared else (K,)), n, 40, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (K, n), generator=g)
+    model = StackedModel(cfgs, [3, 4, 5][:K], dtype=torch.float64)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype) * (p != 0))  # padding stays zero
+    splits = {"train": (x, y), "test": (x[..., :20, :], y[:, :20])}
+    stacked = torch.cat([batched._evaluate(model, xs, ys, "cross_entropy", chunk=7) for xs, ys in splits.values()], 1)
+    members = torch.stack([batched._evaluate_member(model, k, splits, "cross_entropy") for k in range(K)])
+    torch.testing.assert_close(stacked, members, rtol=1e-12, atol=1e-14)
+    assert len(set(members[:, 0].tolist())) == K  # members differ: a mix-up of members would fail
+    for k in range(K):  # member_model is member k at its own width, holding the stack's weights
+        assert models.count_parameters(model.member_model(k)) == models.count_parameters(
+            models.build_model(cfgs[k], 0))
