@@ -15,8 +15,7 @@ broadcast to the K members without a copy; the CNN's first conv on a shared batc
 later convs im2col patches + bmm), Adam is fused, denormals are flushed, and there is no host sync
 between evaluations. Evaluation on CPU runs member by member through train.evaluate, as train.train
 evaluates its model (0-25 % faster here than one stacked pass); on a GPU all members at once over chunks
-of rows. Members of very different
-widths run as a few width buckets (stacks.plan_groups).
+of rows. Members of very different widths run as a few width buckets (stacks.plan_groups).
 
 Falls back (can_batch -> False): the GRU (aten's GRU kernel has no stacked form; run it one at a time),
 mixed families or any model knob other than width/channels differing, and unknown train keys (they

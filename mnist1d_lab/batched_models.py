@@ -143,8 +143,8 @@ class StackedModel(nn.Module):
         saved = [p.detach().clone() for p in self.parameters()]
         for p in self.parameters():
             p.zero_()
-        for k in range(self.K):  # copy all-ones members into the zeroed stack
-            m = models.build_model(self.cfgs[k], self.seeds[k], self.L, self.C).to(saved[0].dtype)
+        for k in range(self.K):  # copy all-ones members into the zeroed stack (member_model refreshes
+            m = self.member_model(k)  # its module from the stack on every call, so overwriting it is safe)
             for q in m.parameters():
                 q.fill_(1)
             self._copy(k, m, into_stack=True)
