@@ -165,7 +165,8 @@ def figure4(results: pd.DataFrame) -> plt.Figure:
                     ax.plot(thr["num_params"], 100 * thr["test_error"], "v", color=c, ms=6, mec="k", mew=0.5)
             for x, txt in ((n, "n"), (n * K, "nK")):
                 ax.axvline(x, color="0.4", ls=":", lw=1)
-                ax.text(x, 1.0, f" {txt}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="0.3")
+                ax.text(x, 1.0, f"{txt} ", transform=ax.get_xaxis_transform(), ha="right", va="top", fontsize=8,
+                        color="0.3")  # left of the line: thresholds sit just right of n (or of nK)
             _params_axis(ax, _panel_title(model, noise, mode, int(n)), "error (%)")
             ax.set_ylim(0, None)
             ax.legend(frameon=False, fontsize=7, loc="best")
@@ -228,7 +229,8 @@ def figure_epochs(curves: pd.DataFrame, results: pd.DataFrame) -> plt.Figure:
             for xv, txt in ((n, "n"), (n * K, "nK")):
                 if x.min() <= xv <= x.max():
                     ax.axvline(xv, color="w", ls=":", lw=1)
-                    ax.text(xv, 0.02, f" {txt}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8, color="w")
+                    ax.text(xv, 0.02, f"{txt} ", transform=ax.get_xaxis_transform(), ha="right", va="bottom",
+                            fontsize=8, color="w")
             thr = interpolation_threshold(_by_size(finals[key])) if key in finals else None
             if thr is not None:
                 ax.axvline(thr["num_params"], color="w", ls="--", lw=1)
