@@ -11,7 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from hydra_plugins.mnist1d_lab_launcher.grids import expand_grids
+from hydra_plugins.mnist1d_lab_launcher.grids import expand_grids, scaled
 from mnist1d_lab.__main__ import register_plugins
 from mnist1d_lab.experiments import double_descent as dd
 from mnist1d_lab.protocol import apply_label_noise
@@ -89,12 +89,17 @@ def test_rerun_skips(smoke):
     assert second != first and (second / "figure4.png").is_file()
 
 
-def _grids(experiment: str) -> tuple[dict, dict]:
+def _compose(*overrides: str):
     register_plugins()  # as the entry point does: our sweeper and launcher configs
     with initialize_config_module(config_module="mnist1d_lab.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def _grids(experiment: str, scale: str | None = None) -> tuple[dict, dict]:
+    """The sweep's grids (with `scale`'s changes, as the lab sweeper applies them) and params."""
+    cfg = _compose(f"experiment={experiment}", *([f"scale={scale}"] if scale else []))
     sw = OmegaConf.to_container(cfg.hydra.sweeper)
-    return {k: v for k, v in sw["grids"].items() if v}, sw["params"]
+    return scaled(sw["grids"], sw["scales"], scale), sw["params"]
 
 
 def test_grids_width_sweep_keeps_mlp_grids():
@@ -108,6 +113,18 @@ def test_grids_width_sweep_keeps_mlp_grids():
     assert expand_grids(grids, params, ["train.label_noise=0"])[1] == ["mlp_clean"]
     jobs, kept = expand_grids(grids, params, ["train.label_noise=0.3", "seed=0,1"])  # replaced in all,
     assert len(jobs) == 2 * (19 + 29)                                                 # duplicates run once
+
+
+def test_quick_scale_thins_only_the_cnn_tail():
+    full, params = _grids("double_descent")
+    quick, _ = _grids("double_descent", "quick")
+    assert {k: v for k, v in quick.items() if k != "cnn_noisy"} == {k: v for k, v in full.items() if k != "cnn_noisy"}
+    channels = lambda g: [int(c) for c in str(g["cnn_noisy"]["model.channels"]).split(",")]  # noqa: E731
+    assert channels(quick) == [c for c in channels(full) if c <= 30 or c in (40, 50, 60, 80, 100)]
+    jobs, kept = expand_grids(quick, params, [])
+    assert kept == ["mlp_clean", "mlp_noisy", "cnn_noisy"] and len(jobs) == 19 + 19 + 20
+    plain = lambda c: {k: OmegaConf.to_container(c[k]) for k in ("data", "train", "model")}  # noqa: E731
+    assert plain(_compose("experiment=double_descent", "scale=quick")) == plain(_compose("experiment=double_descent"))
 
 
 def test_mse_grid():
