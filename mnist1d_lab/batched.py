@@ -171,7 +171,6 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
         per_member = _member_batches(n, batch_size, [protocol.generator(s, "batch_order") for s in seeds], device)
     members = torch.arange(K, device=device).unsqueeze(1)  # (K, 1) for per-member gathers
     optimizer = make_optimizer(model, cfg)
-    chunk = max(1, EVAL_ELEMS // (K * act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
     columns = ["step"] + [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
     records: list[list[list[float]]] = [[] for _ in range(K)]
     alive = [True] * K
@@ -181,7 +180,8 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
         if device.type == "cpu":  # diverged members (zeroed, frozen) are not evaluated again
             metrics = torch.stack([_evaluate_member(model, k, splits, loss_name) if alive[k]
                                    else torch.zeros(2 * len(splits), dtype=dtype) for k in range(K)])
-        else:
+        else:  # all members at once, in chunks of rows that keep the activations within EVAL_ELEMS
+            chunk = max(1, EVAL_ELEMS // (K * act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
             metrics = torch.cat([_evaluate(model, xs, ys, loss_name, chunk) for xs, ys in splits.values()], 1)
         for k, row in enumerate(metrics.tolist()):  # the one host sync per evaluation
             if alive[k]:
