@@ -38,7 +38,16 @@ from . import cpu, models, optim, protocol
 from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel
 from .errors import ConfigError
 from .stacked_ops import member_losses
-from .stacks import EVAL_ELEMS, MAX_WORKERS, act_per_example, on_cpu, plan_groups, run_side_by_side, spread
+from .stacks import (
+    EVAL_ELEMS,
+    MAX_WORKERS,
+    act_per_example,
+    on_cpu,
+    plan_groups,
+    run_side_by_side,
+    spread,
+    stack_threads,
+)
 from .train import TRAIN_DEFAULTS, GraphedUpdate, can_graph, evaluate, make_optimizer, validate_train
 
 log = logging.getLogger(__name__)
@@ -126,7 +135,8 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     n_train = protocol.split_sizes(cfg, len(data.x))[0]
     budget = math.inf if memory_budget_mb is None else memory_budget_mb
     where = device or data.x.device
-    groups = plan_groups(model_cfgs, n_train, budget, int(cfg["batch_size"]), where) if plan else []
+    threads = stack_threads(model_cfgs[0]["name"], torch.get_num_threads(), where)
+    groups = plan_groups(model_cfgs, n_train, budget, int(cfg["batch_size"]), where, threads) if plan else []
     if len(groups) <= 1 or (memory_budget_mb is None and hook is not None):
         groups = [list(range(len(model_cfgs)))]  # with a hook and no budget: one stack, the hook sees all
     workers = 1 if hook is not None or not on_cpu(where) else min(torch.get_num_threads(), MAX_WORKERS)

@@ -1,7 +1,8 @@
 """Which members train together, and how stacks share the cores (for `batched.py` and the runner).
 
-* A cost model (`stack_cost`: forward multiply-adds per example at the padded width, plus a fixed
-  per-step overhead) and a memory estimate (`estimate_memory_mb`) per stack.
+* A cost model (`stack_cost`: forward multiply-adds and activations per example at the padded width,
+  for the members rounded up to a multiple of the stack's torch threads, plus a fixed per-step overhead)
+  and a memory estimate (`estimate_memory_mb`) per stack.
 * `plan_groups`: members sorted by width, cut into stacks that fit a memory budget and minimise the
   estimated time (exact dynamic programming).
 * Side by side: `side_by_side` says how many stacks of a family should train at once on CPU,
@@ -55,6 +56,14 @@ def estimate_memory_mb(model_cfgs: Sequence[Mapping], n_train: int, batch_size: 
 # A stacked step's fixed cost (about 0.5 ms of per-op overhead on this kind of CPU), in the units of
 # _flops_per_example: forward multiply-adds per example (x3 for backward, x100 examples, at ~100 GFLOP/s).
 GROUP_OVERHEAD = 150_000
+# The same on two or more torch threads, where every op also starts and joins a parallel region; with
+# ACT_WEIGHT and the thread rounding in stack_cost it picks the double-descent CNN stacks that trained
+# fastest on 2 threads (docs/batched.md, "Twelfth session").
+GROUP_OVERHEAD_THREADS = 350_000
+# Elementwise passes (bias, ReLU and its backward, im2col, optimiser) scale with the activations a member
+# keeps, not with its multiply-adds: cost units per activation element (act_per_example). It matters for
+# narrow CNNs (102 activations per channel against 45 multiply-adds per channel squared).
+ACT_WEIGHT = 15
 # On a GPU an eagerly launched step is all overhead (kernel launches, Python): on an H200, double-descent
 # stacks took the same time whatever their size (20,000 steps: MLP stacks of 13 and 2 members 35.5 and
 # 36.2 s, CNN stacks of 9 and 3 members 52.7 and 57 s), so the planner keeps a group one stack unless the
@@ -82,10 +91,33 @@ def on_cpu(device: str | torch.device) -> bool:
     return str(device).startswith("cpu")
 
 
-def stack_cost(model_cfgs: Sequence[Mapping], device: str | torch.device = "cpu") -> float:
-    """Estimated time of one stack per step (relative units): overhead + padded members."""
-    overhead = GROUP_OVERHEAD if on_cpu(device) else GPU_STEP_OVERHEAD
-    return overhead + len(model_cfgs) * max(_flops_per_example(c) for c in model_cfgs)
+def _member_cost(cfg: Mapping) -> float:
+    """One member's share of a CPU step (cost units): multiply-adds plus weighted activations."""
+    return _flops_per_example(cfg) + ACT_WEIGHT * act_per_example(cfg["name"], _width(cfg), _depth(cfg))
+
+
+def _overhead(device: str | torch.device, threads: int) -> float:
+    if not on_cpu(device):
+        return GPU_STEP_OVERHEAD
+    return GROUP_OVERHEAD if threads <= 1 else GROUP_OVERHEAD_THREADS
+
+
+def thread_slots(k: int, threads: int) -> int:
+    """Members a stack of k pays for on `threads` torch threads: k rounded up to a multiple of threads.
+
+    torch's CPU bmm hands each thread whole matrices of the batch, so on 2 threads a stack of 3 costs
+    what a stack of 4 does (one (1000 x 300) @ (300 x 100) product took 0.34 ms per matrix in stacks of
+    1, 2, 4 and 6, and 0.45 ms in a stack of 3). A single matrix is split inside the product instead."""
+    return k if k < threads else -(-k // threads) * threads
+
+
+def stack_cost(model_cfgs: Sequence[Mapping], device: str | torch.device = "cpu", threads: int = 1) -> float:
+    """Estimated time of one stack per step (relative units) on `threads` torch threads: overhead +
+    padded members (thread_slots of them)."""
+    if not on_cpu(device):
+        return GPU_STEP_OVERHEAD + len(model_cfgs) * max(_flops_per_example(c) for c in model_cfgs)
+    return _overhead(device, threads) + thread_slots(len(model_cfgs), threads) * max(
+        _member_cost(c) for c in model_cfgs)
 
 
 SIDE_BY_SIDE = ("logistic", "mlp")  # families whose stacks train side by side (side_by_side)
@@ -105,20 +137,27 @@ def side_by_side(name: str, threads: int, device: str | torch.device = "cpu") ->
     return max(1, min(threads, MAX_WORKERS))
 
 
+def stack_threads(name: str, threads: int, device: str | torch.device = "cpu") -> int:
+    """Torch threads one stack of family `name` trains on: 1 where its stacks run side by side."""
+    return 1 if side_by_side(name, threads, device) > 1 or not on_cpu(device) else threads
+
+
 def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
-                batch_size: int = 100, device: str | torch.device = "cpu") -> list[list[int]]:
+                batch_size: int = 100, device: str | torch.device = "cpu", threads: int = 1) -> list[list[int]]:
     """Split member indices into groups that fit `budget_mb` and minimise estimated time.
 
     Members are sorted by width; a group pays its widest member's cost for every member (padding) plus a
     fixed per-step overhead, so a wide width range is cut into buckets of similar widths while small,
-    overhead-bound members share one group. Exact dynamic programming over the sorted order. On a GPU
-    the overhead is everything (GPU_GROUP_OVERHEAD): groups are cut only to fit the budget.
+    overhead-bound members share one group. A stack that will run on several torch threads pays for its
+    members rounded up to a multiple of them (thread_slots). Exact dynamic programming over the sorted
+    order. On a GPU the overhead is everything (GPU_GROUP_OVERHEAD): groups are cut only to fit the budget.
     """
-    overhead = GROUP_OVERHEAD if on_cpu(device) else GPU_GROUP_OVERHEAD
+    cpu_side = on_cpu(device)
+    overhead = _overhead(device, threads) if cpu_side else GPU_GROUP_OVERHEAD
     order = sorted(range(len(model_cfgs)), key=lambda i: _width(model_cfgs[i]))
     if not order:
         return []
-    cost = [_flops_per_example(model_cfgs[i]) for i in order]
+    cost = [_member_cost(model_cfgs[i]) if cpu_side else _flops_per_example(model_cfgs[i]) for i in order]
     name, depth = model_cfgs[order[0]]["name"], _depth(model_cfgs[order[0]])
     n = len(order)
     best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
@@ -127,7 +166,7 @@ def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
         for i in range(j - 1, -1, -1):  # the last group is order[i:j], padded to order[j-1]'s width
             if j - i > 1 and _memory_mb(name, j - i, width, depth, n_train, batch_size) > budget_mb:
                 break  # a single member always gets a group, even over budget
-            total = best[i] + overhead + (j - i) * cost[j - 1]
+            total = best[i] + overhead + (thread_slots(j - i, threads) if cpu_side else j - i) * cost[j - 1]
             if total < best[j]:
                 best[j], cut[j] = total, i
     groups, j = [], n

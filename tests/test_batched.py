@@ -194,6 +194,26 @@ def test_plan_groups_buckets_a_wide_width_range():
     assert groups[0][:3] == [2, 3, 4] and groups[-1][-1] == 300
 
 
+def test_stacks_on_several_threads_pay_for_whole_rounds_of_threads():
+    """torch's CPU bmm gives each thread whole matrices: on 2 threads a stack of 3 costs what one of 4 does,
+    so the planner avoids odd stacks of wide CNNs there, and plans on 1 thread as it always did."""
+    wide = _member_cfgs("cnn", [100] * 4)
+    for k in (1, 3, 4):
+        assert stacks.thread_slots(k, 1) == k
+    assert [stacks.thread_slots(k, 2) for k in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 6]
+    assert stacks.stack_cost(wide[:3], threads=2) == stacks.stack_cost(wide, threads=2)
+    assert stacks.stack_cost(wide[:3], threads=1) < stacks.stack_cost(wide, threads=1)
+    channels = [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, *range(35, 101, 5)]  # the DD grid
+    cfgs = _member_cfgs("cnn", channels)
+    two = [[channels[i] for i in g] for g in stacks.plan_groups(cfgs, 4000, 2048, threads=2)]
+    one = [[channels[i] for i in g] for g in stacks.plan_groups(cfgs, 4000, 2048, threads=1)]
+    assert all(len(g) % 2 == 0 for g in two if g[0] >= 35), two
+    assert any(len(g) % 2 for g in one if g[0] >= 35), one  # the rounding, not the grid, makes them even
+    assert sorted(c for g in two for c in g) == channels
+    assert stacks.stack_threads("mlp", 2) == 1 and stacks.stack_threads("cnn", 2) == 2  # MLP stacks: side by side
+    assert stacks.stack_threads("cnn", 2, "cuda") == 1
+
+
 def test_plan_groups_keeps_a_gpu_group_whole_within_budget():
     """On a GPU (eager) a step costs the same whatever the stack's size: one stack per group, unless memory cuts it."""
     mlp = _member_cfgs("mlp", [2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61, 80, 104, 135, 177, 230, 300])
