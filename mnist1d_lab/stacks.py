@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -96,9 +97,7 @@ def _member_cost(cfg: Mapping) -> float:
     return _flops_per_example(cfg) + ACT_WEIGHT * act_per_example(cfg["name"], _width(cfg), _depth(cfg))
 
 
-def _overhead(device: str | torch.device, threads: int) -> float:
-    if not on_cpu(device):
-        return GPU_STEP_OVERHEAD
+def _cpu_overhead(threads: int) -> float:
     return GROUP_OVERHEAD if threads <= 1 else GROUP_OVERHEAD_THREADS
 
 
@@ -116,8 +115,7 @@ def stack_cost(model_cfgs: Sequence[Mapping], device: str | torch.device = "cpu"
     padded members (thread_slots of them)."""
     if not on_cpu(device):
         return GPU_STEP_OVERHEAD + len(model_cfgs) * max(_flops_per_example(c) for c in model_cfgs)
-    return _overhead(device, threads) + thread_slots(len(model_cfgs), threads) * max(
-        _member_cost(c) for c in model_cfgs)
+    return _cpu_overhead(threads) + thread_slots(len(model_cfgs), threads) * max(map(_member_cost, model_cfgs))
 
 
 SIDE_BY_SIDE = ("logistic", "mlp")  # families whose stacks train side by side (side_by_side)
@@ -153,7 +151,8 @@ def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
     order. On a GPU the overhead is everything (GPU_GROUP_OVERHEAD): groups are cut only to fit the budget.
     """
     cpu_side = on_cpu(device)
-    overhead = _overhead(device, threads) if cpu_side else GPU_GROUP_OVERHEAD
+    overhead = _cpu_overhead(threads) if cpu_side else GPU_GROUP_OVERHEAD
+    slots = functools.partial(thread_slots, threads=threads if cpu_side else 1)
     order = sorted(range(len(model_cfgs)), key=lambda i: _width(model_cfgs[i]))
     if not order:
         return []
@@ -166,7 +165,7 @@ def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
         for i in range(j - 1, -1, -1):  # the last group is order[i:j], padded to order[j-1]'s width
             if j - i > 1 and _memory_mb(name, j - i, width, depth, n_train, batch_size) > budget_mb:
                 break  # a single member always gets a group, even over budget
-            total = best[i] + overhead + (thread_slots(j - i, threads) if cpu_side else j - i) * cost[j - 1]
+            total = best[i] + overhead + slots(j - i) * cost[j - 1]
             if total < best[j]:
                 best[j], cut[j] = total, i
     groups, j = [], n
