@@ -16,7 +16,15 @@ import yaml
 from mnist1d_lab import protocol
 from mnist1d_lab.errors import ConfigError
 from mnist1d_lab.models import build_model
-from mnist1d_lab.train import GRAPH_WARMUP, TRAIN_DEFAULTS, can_graph, train, validate_train
+from mnist1d_lab.train import (
+    EVAL_ROWS,
+    GRAPH_WARMUP,
+    TRAIN_DEFAULTS,
+    can_graph,
+    evaluate,
+    train,
+    validate_train,
+)
 
 MLP = {"name": "mlp"}
 TINY = {"steps": 12, "eval_every": 5, "batch_size": 50}
@@ -49,6 +57,25 @@ def test_curves_columns_and_eval_steps(random_data) -> None:
     assert s["steps"] == 23 and s["num_params"] == 15210 and s["diverged"] is False
     assert s["final_test_acc"] == r.curves["test_acc"].iloc[-1]
     assert s["n_train"] == 600 and s["n_val"] == 0
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_evaluation_runs_in_chunks_with_the_one_pass_numbers(name) -> None:
+    """On the CPU evaluate() feeds the model at most EVAL_ROWS rows at a time (bounded memory), and its
+    loss and accuracy are those of one forward pass over all rows (float64: equal to rounding)."""
+    model = build_model({"name": name}, 0).double()
+    g = torch.Generator().manual_seed(0)
+    n = 2 * EVAL_ROWS + 77
+    x, y = torch.randn(n, 40, generator=g, dtype=torch.float64), torch.randint(0, 10, (n,), generator=g)
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+    got = evaluate(model, x, y, "cross_entropy")
+    handle.remove()
+    assert seen == [EVAL_ROWS, EVAL_ROWS, 77]
+    with torch.no_grad():
+        logits = model(x)
+    want = [F.cross_entropy(logits, y).item(), (logits.argmax(-1) == y).double().mean().item()]
+    assert got.tolist() == pytest.approx(want, rel=1e-12)
 
 
 def _summary_by_pandas(curves: pd.DataFrame) -> dict:
