@@ -89,8 +89,9 @@ def make_optimizer(model: nn.Module, cfg: Mapping) -> optim.Optimizer:
 # Rows per forward pass when evaluating on the CPU. In one pass over 12,000 test rows, a 100-channel CNN's
 # activations take ~250 MB, and a sweep of growing widths left each pass's freed buffers too small for
 # the next (cpu.tune keeps freed memory): the double-descent sweep peaked at 2.5 GB of resident memory.
-# In chunks of 1,024 rows it stays under 0.5 GB, and every model evaluates faster from cache (12,000
-# rows: paper MLP 9.4 -> 6.3 ms, 300-wide MLP 58 -> 33 ms, 100-channel CNN 265 -> 214 ms; docs/batched.md).
+# In chunks of 1,024 rows it peaked at 0.76 GB. Evaluation got faster on one thread (12,000 rows: paper MLP
+# 9.4 -> 6.3 ms, 300-wide MLP 58 -> 33 ms, 100-channel CNN 265 -> 214 ms) and stayed within 10 % either way
+# on two (docs/batched.md, "Twelfth session").
 EVAL_ROWS = 1024
 
 
