@@ -8,7 +8,7 @@ Command:  python -m mnist1d_lab experiment=double_descent            (MLP clean,
           python -m mnist1d_lab experiment=double_descent scale=quick   (the CNN grid's flat tail thinned: 58 runs)
           python -m mnist1d_lab experiment=double_descent_mse        (CE vs MSE x n in 1k/2k/4k: 60 runs)
           python scripts/figure4.py [--mse] [--smoke]                (runs the above, prints the outputs)
-CPU time: on 2 cores with the batched launcher 12.5 min for the 67 runs (25-31 min with older code on a
+CPU time: on 2 cores with the batched launcher 12.5-13.5 min for the 67 runs (25-31 min with older code on a
           slower host CPU), about half that with scale=quick, ~5 min for the CE-vs-MSE
           study (docs/double_descent.md); the original notebook took 11 + 13 + 47 min.
 Expected: noisy MLP: test error ~47 % at h~16, a peak ~54 % near h~47-61 where train error reaches 0
