@@ -207,7 +207,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         n_train = protocol.split_sizes(train_cfg, data.n_train)[0]
         budget = (memory_budget_mb or math.inf) / side  # stacks side by side share the budget
         steps = protocol.num_updates(train_cfg, n_train)
-        per_stack = 1 if side > 1 else stacks.stack_threads(first.model.name, threads, device)
+        per_stack = stacks.stack_threads(first.model.name, threads, device)  # 1 for stacks side by side
         parts = stacks.plan_groups([cfgs[i].model for i in todo], n_train, budget, int(first.train.batch_size),
                                    device, per_stack)
         for part in parts:  # side by side, a large stack is cut into interleaved parts (stacks.spread)

@@ -92,9 +92,10 @@ def on_cpu(device: str | torch.device) -> bool:
     return str(device).startswith("cpu")
 
 
-def _member_cost(cfg: Mapping) -> float:
-    """One member's share of a CPU step (cost units): multiply-adds plus weighted activations."""
-    return _flops_per_example(cfg) + ACT_WEIGHT * act_per_example(cfg["name"], _width(cfg), _depth(cfg))
+def _member_cost(cfg: Mapping, cpu: bool) -> float:
+    """One member's share of a step (cost units): multiply-adds, plus weighted activations on CPU."""
+    flops = _flops_per_example(cfg)
+    return flops + ACT_WEIGHT * act_per_example(cfg["name"], _width(cfg), _depth(cfg)) if cpu else flops
 
 
 def _cpu_overhead(threads: int) -> float:
@@ -113,9 +114,9 @@ def thread_slots(k: int, threads: int) -> int:
 def stack_cost(model_cfgs: Sequence[Mapping], device: str | torch.device = "cpu", threads: int = 1) -> float:
     """Estimated time of one stack per step (relative units) on `threads` torch threads: overhead +
     padded members (thread_slots of them)."""
-    if not on_cpu(device):
-        return GPU_STEP_OVERHEAD + len(model_cfgs) * max(_flops_per_example(c) for c in model_cfgs)
-    return _cpu_overhead(threads) + thread_slots(len(model_cfgs), threads) * max(map(_member_cost, model_cfgs))
+    cpu = on_cpu(device)
+    overhead = _cpu_overhead(threads) if cpu else GPU_STEP_OVERHEAD
+    return overhead + thread_slots(len(model_cfgs), threads if cpu else 1) * max(_member_cost(c, cpu) for c in model_cfgs)
 
 
 SIDE_BY_SIDE = ("logistic", "mlp")  # families whose stacks train side by side (side_by_side)
@@ -156,7 +157,7 @@ def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
     order = sorted(range(len(model_cfgs)), key=lambda i: _width(model_cfgs[i]))
     if not order:
         return []
-    cost = [_member_cost(model_cfgs[i]) if cpu_side else _flops_per_example(model_cfgs[i]) for i in order]
+    cost = [_member_cost(model_cfgs[i], cpu_side) for i in order]
     name, depth = model_cfgs[order[0]]["name"], _depth(model_cfgs[order[0]])
     n = len(order)
     best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
