@@ -12,7 +12,7 @@ measured. The evaluations run `train.evaluate` member by member, the code the on
 
     python scripts/bench_mlp32_bound.py [--repeats 3] [--steps 300] [--eval-every 100]
 
-About 40 s on 2 idle cores.
+About 10 s on 2 idle cores.
 """
 
 from __future__ import annotations
