@@ -1,4 +1,5 @@
-"""Helpers for tests that drive the real entry point in a subprocess, inside a temporary folder."""
+"""Helpers for tests: composing the lab's config as the entry point does, and driving the real entry point
+in a subprocess, inside a temporary folder."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ import sys
 from pathlib import Path
 
 TINY = ["data.num_samples=500", "train.steps=20", "train.eval_every=10", "progress=false", "num_threads=1"]
+
+
+def compose_cfg(*overrides: str, hydra_config: bool = False):
+    """The lab's config composed with `overrides`, our launcher and sweeper registered as the entry point
+    does; with hydra_config, the `hydra` node too (the sweeper's grids and scales)."""
+    from hydra import compose, initialize_config_module
+
+    from mnist1d_lab.__main__ import register_plugins
+
+    register_plugins()
+    with initialize_config_module(config_module="mnist1d_lab.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
 
 
 def lab_env(tmp: Path) -> dict:

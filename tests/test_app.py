@@ -8,20 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import TINY, run_lab, summaries, sweep_dirs
-from hydra import compose, initialize_config_module
+from helpers import TINY, compose_cfg, run_lab, summaries, sweep_dirs
 
 from mnist1d_lab import records, runner
-from mnist1d_lab.__main__ import register_plugins
 
 MODELS = ["logistic", "mlp", "cnn", "gru"]
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
-
-
-def compose_cfg(*overrides: str):
-    register_plugins()  # our launcher and sweeper configs, as the entry point does
-    with initialize_config_module(config_module="mnist1d_lab.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -8,11 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from helpers import compose_cfg
 from omegaconf import OmegaConf
 
 from hydra_plugins.mnist1d_lab_launcher.grids import expand_grids, scaled
-from mnist1d_lab.__main__ import register_plugins
 from mnist1d_lab.experiments import double_descent as dd
 from mnist1d_lab.protocol import apply_label_noise
 
@@ -89,15 +88,9 @@ def test_rerun_skips(smoke):
     assert second != first and (second / "figure4.png").is_file()
 
 
-def _compose(*overrides: str):
-    register_plugins()  # as the entry point does: our sweeper and launcher configs
-    with initialize_config_module(config_module="mnist1d_lab.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
-
-
 def _grids(experiment: str, scale: str | None = None) -> tuple[dict, dict]:
     """The sweep's grids (with `scale`'s changes, as the lab sweeper applies them) and params."""
-    cfg = _compose(f"experiment={experiment}", *([f"scale={scale}"] if scale else []))
+    cfg = compose_cfg(f"experiment={experiment}", *([f"scale={scale}"] if scale else []), hydra_config=True)
     sw = OmegaConf.to_container(cfg.hydra.sweeper)
     return scaled(sw["grids"], sw["scales"], scale), sw["params"]
 
@@ -124,7 +117,7 @@ def test_quick_scale_thins_only_the_cnn_tail():
     jobs, kept = expand_grids(quick, params, [])
     assert kept == ["mlp_clean", "mlp_noisy", "cnn_noisy"] and len(jobs) == 19 + 19 + 20
     plain = lambda c: {k: OmegaConf.to_container(c[k]) for k in ("data", "train", "model")}  # noqa: E731
-    assert plain(_compose("experiment=double_descent", "scale=quick")) == plain(_compose("experiment=double_descent"))
+    assert plain(compose_cfg("experiment=double_descent", "scale=quick")) == plain(compose_cfg("experiment=double_descent"))
 
 
 def test_mse_grid():
