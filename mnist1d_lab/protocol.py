@@ -120,10 +120,13 @@ class TrainResult:
     0.5 s of a ~2.8 s CLI run here.
     """
 
-    columns: Sequence[str]
-    rows: list[list[float]]
+    columns: Sequence[str] = ()
+    rows: list[list[float]] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     model: torch.nn.Module | None = None
+    stages: list[dict] | None = None  # several result rows of one run (stages.csv), e.g. one per round
+    test_pred: np.ndarray | None = None  # (n_test,) final predicted class of every test row
+    test_true: np.ndarray | None = None  # (n_test,) the true classes, for the confusion matrix
 
     @functools.cached_property
     def curves(self) -> pd.DataFrame:
@@ -131,8 +134,11 @@ class TrainResult:
 
         return pd.DataFrame(self.rows, columns=list(self.columns)).astype({"step": "int64"})
 
-    def curves_csv(self) -> str:
-        """The curves as CSV text, as `curves.to_csv(index=False)` writes it (NaN as an empty cell)."""
+    def curves_csv(self) -> str | None:
+        """The curves as CSV text, as `curves.to_csv(index=False)` writes it (NaN as an empty cell);
+        None for a run without curves."""
+        if not self.rows:
+            return None
         lines = [",".join(self.columns)]
         lines += [",".join([str(int(r[0])), *("" if v != v else repr(float(v)) for v in r[1:])]) for r in self.rows]
         return "\n".join(lines) + "\n"
