@@ -7,10 +7,10 @@ train_batched runs as plan_groups width buckets (the output gives the number of 
 
 The one-at-a-time side times a subset of members (--single-sample per case, spread over the members)
 and extrapolates per model; the output says so. Both paths are warmed up first (the first conv sets up
-oneDNN). The two paths alternate --repeats times per case and each keeps its fastest time (this VM's
-speed drifts by 1.5x over minutes, so one pass of each could land in different phases); the ratio of
-the medians is printed as well. Memory: `est` is stacks.estimate_memory_mb (tensor sizes); `maxrss`
-is the process's peak resident set so far (resource.getrusage).
+oneDNN). The two paths alternate --repeats times per case and each keeps its fastest time (a shared
+machine's speed can drift by 1.5x over minutes, so one pass of each could land in different phases);
+the ratio of the medians is printed as well. Memory: `est` is stacks.estimate_memory_mb (tensor sizes);
+`maxrss` is the process's peak resident set so far (resource.getrusage).
 
     python scripts/bench_batched.py [--steps 300] [--threads 1] [--repeats 3] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
                                     [--batched-threads 2] [--side-by-side ddmlp] [--device cuda]
@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batched-threads", type=int, default=None,
                     help="torch threads for the batched side only (default: --threads). One small model gains "
-                         "nothing from a second thread (speed-notes §5); a stack of 32 can use both cores")
+                         "nothing from a second thread; a stack of 32 can use both cores")
     ap.add_argument("--single-sample", type=int, default=4, help="members timed one at a time per case")
     ap.add_argument("--min-split", type=int, default=stacks.MIN_SPLIT,
                     help="stacks.MIN_SPLIT: smallest part of a stack trained side by side on several threads "
@@ -204,7 +204,7 @@ def main() -> None:
         k = len(cfgs)
         sample = max(args.single_sample, 8) if case.startswith("widths") else args.single_sample
         singles, runs = [], []
-        for _ in range(args.repeats):  # alternate the two paths: this VM's speed drifts by minutes
+        for _ in range(args.repeats):  # alternate the two paths: a shared CPU's speed drifts by minutes
             singles.append(time_single(cfgs, seeds, data, cfg, sample, device))
             runs.append(time_batched(cfgs, seeds, data, cfg, device, args.batched_threads or args.threads, gpu))
         s_wall, s_cpu, s_acc = min(singles)

@@ -1,6 +1,6 @@
-"""How far can batching 32 paper MLPs go on this CPU? bench_batched's mlp32 case, taken apart, in one process.
+"""How far can batching 32 paper MLPs go on a CPU? bench_batched's mlp32 case, taken apart, in one process.
 
-Issue 5 asks for 6x on `bench_batched.py --batched-threads 2`'s mlp32 case (32 seeds of the paper MLP, 300
+The lab's target is 6x on `bench_batched.py --batched-threads 2`'s mlp32 case (32 seeds of the paper MLP, 300
 steps, evaluations every 100; one at a time on one thread, batched on two). This script times that case
 both ways, then runs the batched side once more with its matrix products timed where they run (every
 `torch.bmm` / `baddbmm` / `mm` / `addmm` of the CPU step in `stacked_ops`, per Python thread: the two

@@ -68,8 +68,9 @@ def overhead(n1: int, n2: int, repeats: int = 3) -> tuple[float, float]:
 def parallel(steps: int, repeats: int = 3) -> float:
     """Speedup of joblib (2 workers) over the basic launcher on an 8-run CPU-bound sweep.
 
-    The two launchers alternate `repeats` times and each keeps its fastest time: this VM's second core
-    varies with what else runs on the host: single pairs of runs read 1.24x and 1.91x within minutes.
+    The two launchers alternate `repeats` times and each keeps its fastest time: on a shared virtual
+    machine the second core varies with what else runs beside it (single pairs of runs have read 1.24x
+    and 1.91x minutes apart).
     """
     args = ["model=mlp", "seed=range(0,8)", f"train.steps={steps}", "progress=false"]
     launchers = (("basic", []), ("joblib", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]))

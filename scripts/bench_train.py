@@ -1,8 +1,8 @@
 """Benchmark: the original notebook training loop vs mnist1d_lab.train.train, same protocol, one process.
 
-The original loop (greydanus/mnist1d notebooks/train.py, re-created from shared/research/original-protocols.md
-§2.2): default torch.optim.Adam, `loss.item()` every step, and at every evaluation the test loss plus numpy
-accuracies on the full train and test sets (`.detach().numpy()` round trips, autograd still recording).
+The original loop (greydanus/mnist1d notebooks/train.py, re-created): default torch.optim.Adam, `loss.item()`
+every step, and at every evaluation the test loss plus numpy accuracies on the full train and test sets
+(`.detach().numpy()` round trips, autograd still recording).
 It runs `range(steps + 1)`, i.e. one update more than ours, exactly as the original does.
 
 Both loops get the same weights (build_model, same seed), the same data (the oracle package's default
