@@ -1,9 +1,10 @@
-"""Quick looks at any sweep: a metric against a knob, error bars over seeds.
+"""The plot command: a quick look at any sweep, a metric against a knob, error bars over seeds.
 
     python -m mnist1d_lab.plot outputs/multirun/<sweep>/results.csv x=model.width y=final_test_acc hue=data.shuffle_seq
     python -m mnist1d_lab.plot <sweep folder> x=data.shear_scale y=final_test_acc hue=data.corr_noise_scale logx=true
 
-Writes <table folder>/plot_<y>_vs_<x>.png and .pdf (or out=<folder>).
+Writes <table folder>/plot_<y>_vs_<x>.png and .pdf (or out=<folder>). The command only; the figure
+helpers it draws with are plots.py's.
 """
 
 from __future__ import annotations

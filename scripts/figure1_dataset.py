@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnist1d_lab.figures import plot_dataset_construction
+from mnist1d_lab.figure1 import plot_dataset_construction
 
 
 def main() -> None:
