@@ -357,7 +357,7 @@ def test_datasplit_dataset_and_npz(tmp_path):
 
 
 def test_figure1(tmp_path):
-    from mnist1d_lab.figures import plot_dataset_construction
+    from mnist1d_lab.figure1 import plot_dataset_construction
 
     paths = plot_dataset_construction(tmp_path, dpi=60)
     assert {p.suffix for p in paths} == {".png", ".pdf"}
