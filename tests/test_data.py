@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,11 @@ def _cache_in_tmp(tmp_path, monkeypatch):
 
 
 def reference(**over):
-    """The original make_dataset with knobs overridden, timed: (dataset, seconds)."""
+    """The original make_dataset with knobs overridden."""
     args = ref.get_dataset_args()
     for k, v in over.items():
         setattr(args, k, v)
-    t0 = time.perf_counter()
-    out = ref.make_dataset(args)
-    return out, time.perf_counter() - t0
+    return ref.make_dataset(args)
 
 
 def assert_same(ours: dict, theirs: dict) -> float:
@@ -75,18 +72,12 @@ def test_defaults_match_yaml_and_original():
     assert view.__dict__["num_samples"] == 20 and D.get_dataset_args().num_samples == 5000
 
 
-def test_exact_default_matches_reference_and_is_faster(ref_default):
-    theirs, t_ref = ref_default
+def test_exact_default_matches_reference(ref_default):
+    theirs = ref_default
     ours = D.make_dataset(D.get_dataset_args())
     assert_same(ours, theirs)
-    assert np.array_equal(ours["x"], theirs["x"])  # in fact bit-identical on this machine
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        D.make_dataset()
-        times.append(time.perf_counter() - t0)
-    # the bench shows the real ratio; a loose bound here keeps a shared, noisy machine from flaking
-    assert t_ref / min(times) >= 5, (t_ref, min(times))
+    # same numpy and scipy in one process: bit-identical (the frozen file is only within 1e-15, see below)
+    assert np.array_equal(ours["x"], theirs["x"])
 
 
 KNOB_SETS = [  # together they move every knob
@@ -104,7 +95,7 @@ KNOB_SETS = [  # together they move every knob
 
 @pytest.mark.parametrize("over", KNOB_SETS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
 def test_exact_matches_reference_for_knobs(over):
-    theirs, _ = reference(**over)
+    theirs = reference(**over)
     ours = D.make_dataset({**D.get_dataset_args(as_dict=True), **over})
     assert_same(ours, theirs)
     cfg = {**over, "cache": False}
@@ -214,6 +205,34 @@ def test_reverse():
     assert torch.equal(rev.y, plain.y)
 
 
+def test_roll_is_np_roll_applied_last():
+    base = {"num_samples": 100, "cache": False}
+    plain, half = D.generate(base), D.generate({**base, "roll": 20})
+    for k in ("x", "x_test"):  # roll=20 of 40 swaps the two halves
+        assert np.array_equal(half[k], np.roll(plain[k], 20, axis=1))
+        assert np.array_equal(half[k], np.concatenate([plain[k][:, 20:], plain[k][:, :20]], axis=1))
+    assert np.array_equal(half["y"], plain["y"]) and np.array_equal(half["t"], plain["t"])
+    # after shuffle_seq and reverse, in that order; negative shifts are np.roll's left shifts
+    both = D.generate({**base, "shuffle_seq": True, "reverse": True, "roll": -3})
+    want = np.roll(plain["x"][:, D.seq_permutation(base)][:, ::-1], -3, axis=1)
+    np.testing.assert_allclose(both["x"], want, rtol=0, atol=TOL)
+    # the cached path and the drop-in make_dataset agree with generate
+    assert torch.equal(D.load({"num_samples": 100, "roll": 20}).x, torch.as_tensor(half["x"], dtype=torch.float32))
+    assert np.array_equal(D.make_dataset({"num_samples": 100, "roll": 20})["x"], half["x"])
+    fast = {"num_samples": 100, "generator": "fast", "cache": False}
+    assert np.array_equal(D.generate({**fast, "roll": 5})["x"], np.roll(D.generate(fast)["x"], 5, axis=1))
+
+
+def test_roll_range_and_cache_key():
+    assert D.cache_key({"roll": 20}) != D.cache_key({"roll": 0}) != D.cache_key({"roll": -20})
+    D.validate({"roll": 39})
+    D.validate({"roll": -39})
+    D.validate({"roll": np.int64(7)})
+    with pytest.raises(ConfigError, match=r"^data\.roll=17: .*final_seq_length") as e:
+        D.validate({"roll": 17, "final_seq_length": 17})
+    assert e.value.key == "data.roll"
+
+
 def test_frozen_source_and_its_shuffle():
     if not FROZEN.is_file():
         pytest.skip(f"frozen dataset not found at {FROZEN}")
@@ -224,6 +243,10 @@ def test_frozen_source_and_its_shuffle():
     assert np.array_equal(shuf["x"], frozen["x"][:, D.seq_permutation()])
     # the exact generator's shuffled data is the original's (test_exact_matches_reference_for_knobs)
     np.testing.assert_allclose(shuf["x"], D.make_dataset({"shuffle_seq": True})["x"], rtol=0, atol=1e-15)
+    rolled = D.generate({"source": "frozen", "path": str(FROZEN), "roll": 20})
+    assert np.array_equal(rolled["x_test"], np.roll(frozen["x_test"], 20, axis=1))
+    with pytest.raises(ConfigError, match=r"^data\.roll=40: "):  # the file's length bounds the shift
+        D.generate({"source": "frozen", "path": str(FROZEN), "roll": 40})
 
 
 # ---------------------------------------------------------------- cache
@@ -245,7 +268,7 @@ def test_cache_key_covers_every_knob(monkeypatch):
     base = D.cache_key(None)
     changed = dict(num_samples=5001, train_split=0.7, template_len=13, padding=[36, 61], scale_coeff=0.5,
                    max_translation=47, corr_noise_scale=0.3, iid_noise_scale=0.03, shear_scale=0.7,
-                   shuffle_seq=True, final_seq_length=41, seed=43, generator="fast", reverse=True)
+                   shuffle_seq=True, final_seq_length=41, seed=43, generator="fast", reverse=True, roll=20)
     keys = {D.cache_key({k: v}) for k, v in changed.items()}
     assert base not in keys and len(keys) == len(changed)
     monkeypatch.setattr("mnist1d_lab.data.config.GENERATOR_VERSION", D.GENERATOR_VERSION + 1)
@@ -285,6 +308,7 @@ BAD = [
     ("max_translation", 0), ("final_seq_length", 1), ("corr_noise_scale", -0.1), ("iid_noise_scale", -1),
     ("shear_scale", -0.5), ("scale_coeff", -1), ("shuffle_seq", "yes"), ("seed", -1), ("seed", 1.5),
     ("generator", "slow"), ("source", "web"), ("reverse", 1), ("cache", "no"), ("bogus_knob", 1),
+    ("roll", 1.5), ("roll", True), ("roll", "20"), ("roll", 40), ("roll", -40),
 ]
 
 
@@ -293,7 +317,7 @@ def test_impossible_knobs_fail_before_any_work(monkeypatch, key, value):
     def boom(*a, **k):
         raise AssertionError("generation started")
 
-    monkeypatch.setattr(api, "make_dataset", boom)
+    monkeypatch.setattr(api, "make_exact", boom)
     monkeypatch.setattr(api, "make_fast", boom)
     with pytest.raises(ConfigError) as e:
         D.load({key: value})

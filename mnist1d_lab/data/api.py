@@ -1,4 +1,9 @@
-"""The lab's entry points: generate (numpy, original keys), load (tensors on a device), Dataset, export."""
+"""Entry points: the original package's API (make_dataset, get_dataset), and the lab's own: generate
+(numpy, original keys), load (tensors on a device), the MNIST1D torch Dataset, and .npz export.
+
+Knobs come from a dict, a DictConfig or any attribute object (config.knobs). The sequence variants
+are applied after generation, in this order: shuffle_seq (inside the generator), reverse, roll.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import knobs, validate
-from .exact import make_dataset, seq_permutation
+from ..errors import ConfigError
+from .config import DEFAULTS, knobs, split_rows, validate
+from .exact import make_dataset as make_exact
+from .exact import seq_permutation
 from .fast import make_fast
-from .store import cached, load_frozen, save_npz
+from .store import ARRAYS, cached, load_frozen, save_npz, to_pickle
 
 log = logging.getLogger(__name__)
+_said_built_locally = False  # get_dataset(download=True) says once per process that it builds instead
 
 
 @dataclass
@@ -55,8 +63,16 @@ class DataSplit:
         return self.x.shape[1]
 
 
-def _reverse(d: dict[str, Any]) -> dict[str, Any]:
-    return {**d, "x": np.ascontiguousarray(d["x"][:, ::-1]), "x_test": np.ascontiguousarray(d["x_test"][:, ::-1])}
+def variants(d: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
+    """Apply `reverse`, then `roll` (np.roll along the sequence) to x and x_test; t stays as it is."""
+    length = d["x"].shape[1]
+    if abs(a["roll"]) >= length:  # only a frozen dataset gets here: its length comes from the file
+        raise ConfigError("data.roll", a["roll"], f"an integer with |roll| < {length} (the sequence length)")
+    out = dict(d)
+    for k in ("x", "x_test"):
+        x = out[k][:, ::-1] if a["reverse"] else out[k]
+        out[k] = np.ascontiguousarray(np.roll(x, a["roll"], axis=1) if a["roll"] else x)
+    return out
 
 
 def generate(cfg: Mapping | Any | None = None) -> dict[str, Any]:
@@ -69,10 +85,89 @@ def generate(cfg: Mapping | Any | None = None) -> dict[str, Any]:
             perm = seq_permutation(a)
             d["x"], d["x_test"] = d["x"][:, perm], d["x_test"][:, perm]
     elif a["generator"] == "exact":
-        d = make_dataset(a)
+        d = make_exact(a)
     else:
         d = make_fast(a)
-    return _reverse(d) if a["reverse"] else d
+    return variants(d, a) if a["reverse"] or a["roll"] else d
+
+
+def _generation_knobs(args: Mapping | Any | None) -> dict[str, Any]:
+    """The validated knob dict of a make_dataset / get_dataset call: unknown keys are ignored, as by the
+    original, and so are source, path, cache and cache_dir (these functions always generate)."""
+    a = {k: v for k, v in knobs(args).items() if k in DEFAULTS}
+    a.update(source="generate", path=None)
+    validate(a)
+    return a
+
+
+def make_dataset(args: Mapping | Any | None = None, template: dict | None = None) -> dict[str, Any]:
+    """Drop-in for mnist1d.data.make_dataset (same arguments, same dict), plus the lab's knobs generator,
+    reverse and roll when `args` has them. Global RNG state is never touched."""
+    a = _generation_knobs(args)
+    if template is not None and a["generator"] != "exact":
+        raise ConfigError("template", "<templates dict>", "None with generator=fast (it uses get_templates())")
+    d = make_exact(a, template) if a["generator"] == "exact" else make_fast(a)
+    return variants(d, a) if a["reverse"] or a["roll"] else d
+
+
+def _say_built_locally() -> None:
+    global _said_built_locally
+    if not _said_built_locally:
+        _said_built_locally = True
+        log.warning("get_dataset(download=True) never downloads: it builds the dataset from args with the exact "
+                    "generator (for the default args: the published mnist1d_data.pkl's labels exactly, x within "
+                    "1e-15). To use the published file, pass its location as path.")
+
+
+def _stale_check(d: dict[str, Any], a: dict[str, Any], path: Path) -> None:
+    """Log a warning when the arrays read from `path` visibly disagree with the knobs (shapes only)."""
+    (train, test), length = split_rows(a), a["final_seq_length"]
+    got, want = (np.shape(d["x"]), np.shape(d["x_test"])), ((train, length), (test, length))
+    if got != want:
+        log.warning("%s holds x %s and x_test %s, but args (num_samples=%s, train_split=%s, final_seq_length=%s) "
+                    "give %s and %s: it was built with other args. Returned as read, as the original get_dataset "
+                    "does; pass regenerate=True to rebuild it.", path, got[0], got[1], a["num_samples"],
+                    a["train_split"], length, want[0], want[1])
+
+
+def get_dataset(args: Mapping | Any | None, path: str | os.PathLike | None = None, verbose: bool = True,
+                download: bool = True, regenerate: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Drop-in for mnist1d.data.get_dataset: the pickle at `path` when it exists (and not `regenerate`),
+    else make_dataset(args, **kwargs), written to `path` in the original's pickle format.
+
+    Never uses the network: `download=True` builds the data locally (said once per process). A file built
+    with other args is returned as the original does, with a warning when its shapes disagree with args.
+    A file at `path` that is not an MNIST-1D pickle raises ConfigError (the original overwrote it).
+    path=None: the lab's dataset cache (<cache_dir>/mnist1d_<key>.npz, keyed by every knob), not
+    ./mnist1d_data.pkl; pass path="./mnist1d_data.pkl" for the original's file.
+    """
+    a = _generation_knobs(args)
+
+    def build(knob_dict: dict[str, Any]) -> dict[str, Any]:
+        if download and not regenerate:  # where the original would fetch the published file
+            _say_built_locally()
+        return make_dataset(knob_dict, **kwargs)
+
+    if path is None:
+        if kwargs or not a["cache"]:  # custom templates are not part of the cache key
+            return build(a)
+        return cached(a, build, refresh=regenerate)
+    path = Path(path)
+    if path.exists() and not regenerate:
+        try:
+            d = load_frozen(path)
+        except Exception as e:  # not a pickle, a folder, a pickle of something else
+            raise ConfigError("path", str(path), f"an MNIST-1D pickle (a dict with {list(ARRAYS)}), or "
+                              f"regenerate=True to overwrite it; reading it failed ({type(e).__name__})") from e
+        _stale_check(d, a, path)
+        if verbose:
+            log.info("dataset loaded from %s", path)
+        return d
+    d = build(a)
+    to_pickle(d, path)
+    if verbose:
+        log.info("dataset built and saved to %s", path)
+    return d
 
 
 def dataset(cfg: Mapping | Any | None = None) -> dict[str, Any]:

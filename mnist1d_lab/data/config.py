@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 42,
     "generator": "exact",
     "reverse": False,
+    "roll": 0,
     "source": "generate",
     "path": None,
     "cache": True,
@@ -49,7 +51,7 @@ def knobs(cfg: Mapping | Any | None) -> dict[str, Any]:
     if cfg is None:
         return {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items()}
     if not isinstance(cfg, Mapping):
-        cfg = vars(cfg)  # attribute objects such as the original ObjectView
+        cfg = attribute_knobs(cfg)
     try:  # OmegaConf containers -> plain Python (lists instead of ListConfig)
         from omegaconf import DictConfig, OmegaConf
 
@@ -62,6 +64,25 @@ def knobs(cfg: Mapping | Any | None) -> dict[str, Any]:
     if isinstance(out["padding"], tuple):
         out["padding"] = list(out["padding"])
     return out
+
+
+def attribute_knobs(obj: Any) -> dict[str, Any]:
+    """The knobs an attribute object defines, read with getattr: an argparse Namespace, the original's
+    ObjectView, a SimpleNamespace, a class holding the knobs as class attributes, or an instance of one.
+
+    Other attributes are ignored, as by the original. An object with none of the knobs raises
+    ConfigError; one that lacks some of the original's knobs gets their defaults, with a warning (the
+    original would fail on it).
+    """
+    found = {k: getattr(obj, k) for k in DEFAULTS if hasattr(obj, k)}
+    if not found:
+        raise ConfigError("data", obj, "a dict, a DictConfig or an object with the dataset knobs as attributes "
+                          f"(e.g. get_dataset_args()); knobs: {list(DEFAULTS)}")
+    missing = [k for k in GENERATOR_KNOBS if k not in found]
+    if missing:
+        name = f"class {obj.__name__}" if isinstance(obj, type) else f"{type(obj).__name__} object"
+        warnings.warn(f"{name} has no attribute(s) {missing}: using their defaults", stacklevel=3)
+    return found
 
 
 def _plain(v: Any) -> Any:
@@ -96,6 +117,7 @@ def validate(cfg: Mapping | Any | None) -> None:
     need("source", k["source"] in SOURCES, f"one of {list(SOURCES)}")
     for key in ("shuffle_seq", "reverse", "cache"):
         need(key, isinstance(k[key], bool), "true or false")
+    need("roll", _is_int(k["roll"]), "an integer (circular shift of every sequence, after shuffle_seq and reverse)")
     need("cache_dir", k["cache_dir"] is None or isinstance(k["cache_dir"], (str, os.PathLike)), "null or a folder")
     need("seed", _is_int(k["seed"]) and 0 <= k["seed"] < 2**32, "an integer in [0, 2**32)")
     if k["source"] == "frozen":
@@ -109,6 +131,7 @@ def validate(cfg: Mapping | Any | None) -> None:
     need("template_len", k["template_len"] >= 1, "an integer >= 1")
     need("max_translation", k["max_translation"] >= 1, "an integer >= 1 (shift drawn from 0..max_translation-1)")
     need("final_seq_length", k["final_seq_length"] >= 2, "an integer >= 2")
+    need("roll", abs(k["roll"]) < k["final_seq_length"], "an integer with |roll| < final_seq_length")
     pad = k["padding"]
     need("padding", isinstance(pad, list) and len(pad) == 2 and all(_is_int(p) for p in pad),
          "a list [low, high] of two integers")
@@ -134,7 +157,7 @@ def split_rows(cfg: Mapping | Any | None) -> tuple[int, int]:
 def cache_key(cfg: Mapping | Any | None) -> str:
     """Hash of every knob that changes the data, plus the generator version."""
     k = knobs(cfg)
-    keep = {key: k[key] for key in (*GENERATOR_KNOBS, "generator", "reverse")}
+    keep = {key: k[key] for key in (*GENERATOR_KNOBS, "generator", "reverse", "roll")}
     keep = {key: (float(v) if key in ("train_split", "scale_coeff", "corr_noise_scale", "iid_noise_scale",
                                       "shear_scale") else v) for key, v in keep.items()}
     blob = json.dumps({"version": GENERATOR_VERSION, **keep}, sort_keys=True)

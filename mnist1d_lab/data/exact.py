@@ -8,7 +8,7 @@ The expensive parts of the original (an interp1d and a gaussian_filter per examp
 the whole batch: the dilated templates take one of only 10 x (high - low + 1) shapes, so they are a
 lookup table built with np.interp itself; the filter runs along axis 1 of the (N, L) noise; the final
 subsampling is np.interp's formula with precomputed indices. The result is bit-identical to the
-original on this machine (tests check <= 1e-12).
+original run with the same numpy and scipy (tests allow 1e-12).
 """
 
 from __future__ import annotations
@@ -47,21 +47,21 @@ _TEMPLATES = np.array([
 ])
 
 
-class ArgsView:
-    """Attribute access to a knob dict (like the original's ObjectView): `args.seed is args.__dict__['seed']`."""
+class ObjectView:
+    """Attribute access to a knob dict, as the original's ObjectView: `args.seed is args.__dict__['seed']`."""
 
     def __init__(self, d: dict):
         self.__dict__ = d
 
     def __repr__(self) -> str:
-        return f"ArgsView({self.__dict__!r})"
+        return f"ObjectView({self.__dict__!r})"
 
 
-def get_dataset_args(as_dict: bool = False) -> dict | ArgsView:
+def get_dataset_args(as_dict: bool = False) -> dict | ObjectView:
     """The paper's knobs with the original names (drop-in for mnist1d.data.get_dataset_args)."""
     d = {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULTS.items() if k in GENERATOR_KNOBS}
     d["url"] = "https://github.com/greydanus/mnist1d/raw/master/mnist1d_data.pkl"  # kept for compatibility only
-    return d if as_dict else ArgsView(d)
+    return d if as_dict else ObjectView(d)
 
 
 def get_templates() -> dict[str, np.ndarray]:
@@ -141,7 +141,8 @@ def roll_rows(x: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 def make_dataset(args: Mapping | Any | None = None, template: dict | None = None) -> dict[str, Any]:
-    """Drop-in for mnist1d.data.make_dataset: same arguments, same keys, no global RNG state touched."""
+    """The original mnist1d.data.make_dataset's data for the generator knobs of `args`, without touching
+    global RNG state (the public drop-in, with the lab's variants, is api.make_dataset)."""
     a = knobs(args)
     validate({k: v for k, v in a.items() if k in DEFAULTS})  # extra attributes are ignored, as by the original
     templates = get_templates() if template is None else template

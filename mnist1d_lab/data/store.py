@@ -1,4 +1,4 @@
-"""Files: the on-disk cache of generated datasets, frozen original-format pickles, and .npz export.
+"""Files: the on-disk cache of generated datasets, original-format pickles, and .npz export.
 
 Cache files are `<cache_dir>/mnist1d_<key>.npz`, key = hash of every knob + GENERATOR_VERSION. Each
 file stores its key and a SHA-256 of its arrays; a file whose key, shapes or checksum do not match
@@ -99,10 +99,11 @@ def read_cache(path: Path, a: dict[str, Any]) -> dict[str, Any] | None:
     return _unflat(f)
 
 
-def cached(a: dict[str, Any], make: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    """make(a), through the on-disk cache."""
+def cached(a: dict[str, Any], make: Callable[[dict[str, Any]], dict[str, Any]],
+           refresh: bool = False) -> dict[str, Any]:
+    """make(a), through the on-disk cache; `refresh` rebuilds and rewrites the cache file."""
     path = cache_path(a)
-    d = read_cache(path, a)
+    d = None if refresh else read_cache(path, a)
     if d is not None:
         log.info("dataset loaded from cache %s", path)
         return d
@@ -115,14 +116,33 @@ def cached(a: dict[str, Any], make: Callable[[dict[str, Any]], dict[str, Any]]) 
 
 def load_frozen(path: str | os.PathLike) -> dict[str, Any]:
     """A dataset pickle in the original format (dict with x, y, x_test, y_test, t, templates)."""
-    with open(path, "rb") as fh, warnings.catch_warnings():
-        # the 2020 pickle references numpy.core.numeric._frombuffer (a DeprecationWarning on numpy 2)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        d = pickle.load(fh)  # noqa: S301 - the user names this file explicitly (data.path)
-    missing = [k for k in ARRAYS if k not in d]
+    d = from_pickle(path)  # the 2020 pickle references numpy.core.numeric._frombuffer (deprecated on numpy 2)
+    missing = [k for k in ARRAYS if not isinstance(d, dict) or k not in d]
     if missing:
         raise ValueError(f"{path}: not an MNIST-1D pickle, missing {missing}")
     return d
+
+
+def to_pickle(thing: Any, path: str | os.PathLike) -> Path:
+    """Pickle `thing` to `path` (protocol 3, as the original's to_pickle), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(thing, f, protocol=3)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def from_pickle(path: str | os.PathLike) -> Any:
+    """Unpickle `path` (the original's from_pickle). Only for files you trust: pickles can run code."""
+    with open(path, "rb") as fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy.core references in 2020-era pickles
+        return pickle.load(fh)  # noqa: S301 - the caller names this file explicitly
 
 
 def save_npz(d: dict[str, Any], path: str | os.PathLike) -> Path:
