@@ -42,18 +42,31 @@ def register_plugins() -> None:
             plugins.register(getattr(importlib.import_module(path), name))
 
 
-def _options(group: str) -> list[str]:
-    folder = resources.files(CONFIG_PACKAGE) / group
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+def _options(group: str, search_dirs: list[Path] = ()) -> list[str]:
+    """Config files of a group: the lab's own, and those in `hydra.searchpath` folders (file://)."""
+    folders = [resources.files(CONFIG_PACKAGE) / group, *(Path(d) / group for d in search_dirs)]
+    return sorted({p.name[:-5] for f in folders if f.is_dir() for p in f.iterdir() if p.name.endswith(".yaml")})
+
+
+def _search_dirs(argv: list[str]) -> list[Path]:
+    """The file:// folders of a `hydra.searchpath=[...]` override (e.g. a user's own experiments)."""
+    dirs = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "hydra.searchpath":
+            dirs += [Path(v.strip().strip("'\"")[len("file://"):]) for v in value.strip("[]").split(",")
+                     if v.strip().strip("'\"").startswith("file://")]
+    return dirs
 
 
 def check_group_choices(argv: list[str]) -> None:
     """Fail fast, in one line, on `model=foo` style overrides naming a config file that does not exist."""
+    search_dirs = _search_dirs(argv)
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
         if not sep or key not in GROUPS or "(" in value or value in ("", "null"):
             continue
-        valid = _options(key)
+        valid = _options(key, search_dirs)
         for choice in value.split(","):
             if choice not in valid:
                 raise ConfigError(key, choice, f"one of {valid}")
@@ -91,10 +104,13 @@ def main(cfg: DictConfig) -> dict:
     if summary.get("status") == "failed":
         log.error("FAILED: %s (record: %s)", summary.get("error"), out_dir)
     else:
-        log.info("%s: test accuracy %.2f %% (final), %.2f %% (best on test, step %s); %s parameters; %.1f s",
-                 "skipped, already done" if summary.get("skipped") else summary["status"],
-                 100 * summary["final_test_acc"], 100 * summary["best_test_acc"], summary["best_test_step"],
-                 summary.get("num_params"), summary.get("wall_time_s", 0.0))
+        status = "skipped, already done" if summary.get("skipped") else summary["status"]
+        if "final_test_acc" in summary:
+            log.info("%s: test accuracy %.2f %% (final), %.2f %% (best on test, step %s); %s parameters; %.1f s",
+                     status, 100 * summary["final_test_acc"], 100 * summary["best_test_acc"],
+                     summary["best_test_step"], summary.get("num_params"), summary.get("wall_time_s", 0.0))
+        else:
+            log.info("%s in %.1f s", status, summary.get("wall_time_s", 0.0))
         log.info("run folder: %s", out_dir)
     return summary
 

@@ -3,7 +3,8 @@
     python -m mnist1d_lab.collect outputs/multirun/2026-11-26_12-00-00-123456
     python -m mnist1d_lab.collect outputs/store --no-summary
 
-Writes results.csv and results.parquet into the folder (or --out), reports failed runs, and, when the
+Writes results.csv and results.parquet into the folder (or --out), and stages.csv (every run's several
+result rows, with its key columns) when runs have stages; reports failed runs, and, when the
 runs belong to one experiment with a `summarize` step (benchmark, double_descent), writes its tables
 and figures too. Works on a sweep where some runs failed (Hydra's own end-of-sweep callback does not).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import experiments, records
+from . import experiments, paths, records
 
 log = logging.getLogger("mnist1d_lab.collect")
 
@@ -31,6 +32,10 @@ def collect_sweep(folder: Path, experiment_name: str | None = None, out: Path | 
         log.warning("no run records below %s", folder)
         return table
     saved = records.save_table(table, out)
+    stages = records.collect_stages(table)
+    if not stages.empty:
+        records.write_atomic(out / paths.STAGES_TABLE, stages.to_csv(index=False))
+        saved.append(out / paths.STAGES_TABLE)
     counts = table["status"].value_counts().to_dict()
     log.info("collected %d runs (%s) -> %s", len(table), ", ".join(f"{v} {k}" for k, v in counts.items()),
              ", ".join(map(str, saved)))

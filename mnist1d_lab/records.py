@@ -1,8 +1,11 @@
 """Run records: atomic files per run, a result store keyed by config, and collection into tables.
 
-A record is a folder with config.yaml (resolved config), curves.csv (one row per evaluation),
-env.json (versions, git revision, device, seeds) and summary.json (status and metrics). summary.json
-is written last, atomically: a folder without a parsable summary is an incomplete record.
+A record is a folder with config.yaml (resolved config), env.json (versions, git revision, device,
+threads, seeds), summary.json (status and metrics) and, when the run has them, curves.csv (one row per
+evaluation), stages.csv (several result rows per run), test_confusion.csv (final test confusion
+matrix) and artifacts/ (test_pred.npy, model.pt, an experiment's own files). summary.json is written
+last, atomically, and lists the record's files: a folder without a parsable summary, or missing one of
+its listed files, is an incomplete record.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ log = logging.getLogger(__name__)
 
 # Keys that do not change a run's result, so they are left out of its store key.
 RESULT_NEUTRAL_KEYS = ("paths", "force", "progress", "num_threads", "stop_on_error", "device", "cuda_graphs",
-                       "hydra", "data.cache", "data.cache_dir")
+                       "hydra", "data.cache", "data.cache_dir", "save_model")
+RECORD_FILES = (paths.CONFIG_FILE, paths.CURVES_FILE, paths.ENV_FILE, paths.STAGES_FILE, paths.CONFUSION_FILE)
 DONE_STATUSES = ("complete", "diverged")  # finished records; `failed` ones are retried
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~15x faster than OmegaConf.load
 
@@ -44,14 +48,20 @@ def to_plain(cfg: Mapping | DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(dict(cfg))
 
 
+# Knobs added after records were written: left out of the key while they hold the value that reproduces
+# the older behaviour, so every result already in a user's store stays found.
+NEUTRAL_DEFAULTS = {"data.roll": 0, "model.pool": "none", "model.pool_size": 2}
+
+
 def run_key(cfg: Mapping | DictConfig) -> str:
     """A short hash of everything in the resolved config that can change the result."""
     body = to_plain(cfg)
-    for key in RESULT_NEUTRAL_KEYS:
+    for key in (*RESULT_NEUTRAL_KEYS, *NEUTRAL_DEFAULTS):
         parent, _, leaf = key.rpartition(".")
         node = body.get(parent, {}) if parent else body
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        if isinstance(node, dict) and leaf in node and (key not in NEUTRAL_DEFAULTS
+                                                         or node[leaf] == NEUTRAL_DEFAULTS[key]):
+            node.pop(leaf)
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -69,14 +79,30 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_record(folder: Path, cfg: Mapping | DictConfig, summary: dict, curves_csv: str | None,
-                 env: dict) -> None:
-    """Write the four record files into `folder` (curves as CSV text), summary last."""
+                 env: dict, tables: Mapping[str, str] | None = None) -> None:
+    """Write a record into `folder`: config, curves (CSV text), env, further CSV `tables` by file name
+    (stages.csv, test_confusion.csv), then the summary, last, with the list of the record's files
+    (artifacts already written under artifacts/ included)."""
     folder = Path(folder)
     write_atomic(folder / paths.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))
     if curves_csv is not None:
         write_atomic(folder / paths.CURVES_FILE, curves_csv)
+    for name, text in (tables or {}).items():
+        write_atomic(folder / name, text)
     write_atomic(folder / paths.ENV_FILE, json.dumps(env, indent=2, default=str))
+    summary = {**summary, "files": record_files(folder)}
     write_atomic(folder / paths.SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+
+
+def record_files(folder: Path) -> list[str]:
+    """The record's files in folder (relative paths; the summary aside): fixed names, then artifacts/."""
+    folder = Path(folder)
+    names = [n for n in RECORD_FILES if (folder / n).is_file()]
+    art = folder / paths.ARTIFACTS_DIR
+    if art.is_dir():
+        names += sorted(p.relative_to(folder).as_posix() for p in art.rglob("*")
+                        if p.is_file() and not p.name.startswith("."))
+    return names
 
 
 def read_summary(folder: Path) -> dict | None:
@@ -88,26 +114,100 @@ def read_summary(folder: Path) -> dict | None:
     return summary if isinstance(summary, dict) and "status" in summary else None
 
 
+def _listed_files(summary: dict) -> list[str]:
+    """The files a summary lists (records written before summaries listed them: config, curves, env)."""
+    return summary.get("files") or [paths.CONFIG_FILE, paths.CURVES_FILE, paths.ENV_FILE]
+
+
 def is_done(folder: Path) -> bool:
     """True when the folder holds a finished record (complete or diverged) with all its files."""
     summary = read_summary(folder)
     return (summary is not None and summary["status"] in DONE_STATUSES
-            and all((Path(folder) / f).is_file() for f in (paths.CONFIG_FILE, paths.CURVES_FILE, paths.ENV_FILE)))
+            and all((Path(folder) / f).is_file() for f in [paths.CONFIG_FILE, paths.ENV_FILE, *_listed_files(summary)]))
 
 
 def copy_record(src: Path, dst: Path) -> None:
-    """Copy a record's files from src to dst (summary last, each atomically)."""
-    for name in (paths.CONFIG_FILE, paths.CURVES_FILE, paths.ENV_FILE, paths.SUMMARY_FILE):
-        if (Path(src) / name).is_file():
-            write_atomic(Path(dst) / name, (Path(src) / name).read_text())
+    """Copy a record's files (artifacts included) from src to dst, each atomically, the summary last."""
+    src, dst = Path(src), Path(dst)
+    summary = read_summary(src)
+    names = _listed_files(summary) if summary is not None else list(RECORD_FILES)
+    for name in names:
+        if (src / name).is_file():
+            tmp = dst / f"{name}.{os.getpid()}.tmp"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / name, tmp)
+            os.replace(tmp, dst / name)
+    if (src / paths.SUMMARY_FILE).is_file():
+        write_atomic(dst / paths.SUMMARY_FILE, (src / paths.SUMMARY_FILE).read_text())
 
 
 def finished(cfg: Mapping | DictConfig) -> Path | None:
-    """The store folder holding cfg's finished record, or None (also None with cfg.force)."""
+    """The store folder holding cfg's finished record, or None (also None with cfg.force, and with
+    save_model=true when the stored record has no weights: the job then runs again)."""
     if cfg.get("force"):
         return None
     store = paths.store_dir(cfg["paths"]["output_dir"]) / run_key(cfg)
-    return store if is_done(store) else None
+    if not is_done(store):
+        return None
+    if cfg.get("save_model") and not artifact_path(store, paths.MODEL_ARTIFACT).is_file():
+        return None
+    return store
+
+
+def artifact_path(record_dir: str | os.PathLike, name: str) -> Path:
+    """Where artifact `name` of the record in record_dir lives (e.g. a collected table's `record_dir`)."""
+    return Path(record_dir) / paths.ARTIFACTS_DIR / name
+
+
+def load_artifact(record_dir: str | os.PathLike, name: str):
+    """Read artifact `name` of a record (format by suffix: context.decode)."""
+    from .context import decode
+
+    return decode(artifact_path(record_dir, name))
+
+
+def load_model(record_dir: str | os.PathLike, device: str = "cpu"):
+    """The model of a run saved with save_model=true, built from its config and loaded with its weights."""
+    from .models import build_model
+
+    folder = Path(record_dir)
+    weights = artifact_path(folder, paths.MODEL_ARTIFACT)
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no saved weights (run with save_model=true)")
+    cfg = yaml.load((folder / paths.CONFIG_FILE).read_text(), Loader=_YAML_LOADER)
+    model = build_model(cfg["model"], int(cfg["seed"]))
+    model.load_state_dict(load_artifact(folder, paths.MODEL_ARTIFACT))
+    return model.to(device).eval()
+
+
+def confusion(record_dir: str | os.PathLike, rows=None):
+    """(10, 10) int array of a record's final test predictions, true class by predicted class; with
+    `rows` (test-row indices, e.g. the human quiz's), only those rows (from test_pred.npy)."""
+    import numpy as np
+
+    folder = Path(record_dir)
+    if rows is None:
+        return np.loadtxt(folder / paths.CONFUSION_FILE, delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
+    pred = load_artifact(folder, paths.TEST_PRED_ARTIFACT)
+    true = load_artifact(folder, paths.TEST_TRUE_ARTIFACT)
+    rows = np.asarray(rows)
+    return confusion_matrix(true[rows], pred[rows])
+
+
+def confusion_matrix(true, pred, num_classes: int = 10):
+    """(C, C) counts: row = true class, column = predicted class."""
+    import numpy as np
+
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return m
+
+
+def confusion_csv(m) -> str:
+    """A confusion matrix as CSV text: a `true` column, then one column per predicted class."""
+    lines = ["true," + ",".join(f"pred_{j}" for j in range(m.shape[1]))]
+    lines += [f"{i}," + ",".join(str(int(v)) for v in row) for i, row in enumerate(m)]
+    return "\n".join(lines) + "\n"
 
 
 def reuse(store: Path, out_dir: Path) -> dict:
@@ -198,6 +298,24 @@ def collect(root: Path) -> pd.DataFrame:
         row = {**flatten(cfg), **summary, "record_dir": str(folder)}
         rows[summary.get("run_key", str(folder))] = row
     return pd.DataFrame(list(rows.values()))
+
+
+def collect_stages(table: pd.DataFrame) -> pd.DataFrame:
+    """Every run's stages.csv, concatenated, each row with its run's key columns: run_key, the config
+    columns that vary between the runs of `table` (the sweep's independent variables) and seed."""
+    import pandas as pd
+
+    cfg_cols = [c for c in table.columns if "." in c or c == "seed"]
+    cfg_cols = [c for c in cfg_cols if not c.startswith(("paths.", "hydra."))]
+    varying = [c for c in cfg_cols if table[c].astype(str).nunique(dropna=False) > 1 or c == "seed"]
+    frames = []
+    for _, row in table.iterrows():
+        f = Path(row["record_dir"]) / paths.STAGES_FILE
+        if f.is_file():
+            stages = pd.read_csv(f)
+            keys = pd.DataFrame({c: [row[c]] * len(stages) for c in ["run_key", *varying] if c in row})
+            frames.append(pd.concat([keys, stages.drop(columns=[c for c in keys if c in stages])], axis=1))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def collect_curves(table: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import cpu, experiments, paths, protocol, records
+from .context import RunContext
 from .errors import ConfigError
 from .models import model_kwargs
 from .train import TRAIN_DEFAULTS
@@ -76,7 +77,12 @@ def setup_torch(cfg: DictConfig, workers: int = 1) -> int:
 
 def finish(cfg: DictConfig, out_dir: Path, result, error: str | None, wall: float, device: str,
            threads: int) -> dict:
-    """Write a run's record into out_dir and, when finished, into the store; returns its summary."""
+    """Write a run's record into out_dir and, when finished, into the store; returns its summary.
+
+    From the result (protocol.TrainResult) it writes curves.csv, stages.csv, the test predictions
+    (artifacts test_pred.npy, test_true.npy and test_confusion.csv) and, with save_model=true, the
+    weights (artifact model.pt); the experiment's own artifacts are already in out_dir/artifacts/.
+    """
     summary = dict(result.summary) if result is not None else {}
     diverged = summary.get("diverged") or not math.isfinite(summary.get("final_train_loss", 0.0))
     status = "failed" if error else "diverged" if diverged else "complete"
@@ -84,10 +90,39 @@ def finish(cfg: DictConfig, out_dir: Path, result, error: str | None, wall: floa
                    wall_time_s=round(wall, 3))
     seeds = {"seed": cfg.seed, "data.seed": cfg.data.seed, "label_noise_seed": summary.get("label_noise_seed")}
     env = records.environment(device, seeds, threads)
-    records.write_record(out_dir, cfg, summary, result.curves_csv() if result is not None else None, env)
+    tables = _write_result_artifacts(cfg, Path(out_dir), result) if result is not None else {}
+    records.write_record(out_dir, cfg, summary, result.curves_csv() if result is not None else None, env, tables)
     if status in records.DONE_STATUSES:
         records.file_into_store(out_dir, paths.store_dir(cfg.paths.output_dir) / summary["run_key"])
+        RunContext(Path(out_dir), checkpoint_dir=paths.partial_dir(cfg.paths.output_dir, summary["run_key"])
+                   ).discard_checkpoints()
     return summary
+
+
+def _write_result_artifacts(cfg: DictConfig, out_dir: Path, result) -> dict[str, str]:
+    """Write the result's test predictions and (save_model=true) weights as artifacts; returns the CSV
+    tables of the record (stages.csv, test_confusion.csv) as text by file name."""
+    ctx = RunContext(out_dir)
+    tables = {}
+    if result.test_pred is not None and result.test_true is not None:
+        ctx.save_artifact(paths.TEST_PRED_ARTIFACT, result.test_pred)
+        ctx.save_artifact(paths.TEST_TRUE_ARTIFACT, result.test_true)
+        num_classes = max(10, int(max(result.test_true.max(initial=0), result.test_pred.max(initial=0))) + 1)
+        tables[paths.CONFUSION_FILE] = records.confusion_csv(
+            records.confusion_matrix(result.test_true, result.test_pred, num_classes))
+    if cfg.get("save_model") and result.model is not None:
+        ctx.save_artifact(paths.MODEL_ARTIFACT, {k: v.detach().cpu() for k, v in result.model.state_dict().items()})
+    if result.stages:
+        import csv
+        import io
+
+        columns = list(dict.fromkeys(k for row in result.stages for k in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(result.stages)
+        tables[paths.STAGES_FILE] = buf.getvalue()
+    return tables
 
 
 def lookup(cfg: DictConfig, out_dir: Path) -> dict | None:
@@ -115,7 +150,11 @@ def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
     device, threads = resolve_device(cfg.device), setup_torch(cfg, workers)
     start = time.perf_counter()
     experiment = experiments.get(cfg.experiment_name)
-    result, error = _attempt(lambda: experiment.run(cfg, device=device, progress=cfg.progress), "run")
+    ctx = RunContext(out_dir, device=device, progress=bool(cfg.progress),
+                     checkpoint_dir=paths.partial_dir(cfg.paths.output_dir, records.run_key(cfg)))
+    if cfg.get("force"):
+        ctx.discard_checkpoints()  # force=true recomputes every stage too
+    result, error = _attempt(lambda: experiment.run(cfg, ctx), "run")
     summary = finish(cfg, out_dir, result, error, time.perf_counter() - start, device, threads)
     _stop_if_asked(cfg, error)
     return summary

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -103,6 +104,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str) -> t
     logits = torch.cat([model(part) for part in x.split(EVAL_ROWS)]) if chunked else model(x)  # (n, 10)
     acc = (logits.argmax(-1) == y).to(logits.dtype).mean()
     return torch.stack([protocol.loss_fn(loss, logits, y), acc])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """(n,) int64 predicted class of every row of x (on the CPU in chunks of EVAL_ROWS rows)."""
+    was_training = model.training
+    model.eval()
+    parts = x.split(EVAL_ROWS) if x.is_cpu else (x,)
+    pred = torch.cat([model(part).argmax(-1) for part in parts]).cpu().numpy().astype(np.int64)
+    model.train(was_training)
+    return pred
 
 
 GRAPH_WARMUP = 3  # eager updates (on a side stream) before the update is captured as a CUDA graph
@@ -234,4 +246,6 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
                "num_params": count_parameters(model), "train_seconds": seconds}
     log.info("trained %d steps in %.1f s: test_acc %.4f%s", done, seconds, summary["final_test_acc"],
              " (diverged)" if diverged else "")
-    return protocol.TrainResult(columns=columns, rows=records, summary=summary, model=model)
+    x_test, y_test = splits["test"]
+    return protocol.TrainResult(columns=columns, rows=records, summary=summary, model=model,
+                                test_pred=predict(model, x_test), test_true=y_test.cpu().numpy().astype(np.int64))

@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 if TYPE_CHECKING:
+    from ..context import RunContext
     from ..protocol import TrainResult
 
+BATCHABLE = True  # jobs that differ in seed and width may train stacked (hydra/launcher=batched)
 
-def run(cfg: DictConfig, device: str = "cpu", progress: bool = True) -> TrainResult:
+
+def run(cfg: DictConfig, ctx: RunContext) -> TrainResult:
     """Load the data, build the model for cfg.seed, train it; the model is returned in the result.
 
     torch is imported here, not at module level: the experiment modules that re-export `run` are also
@@ -27,9 +30,9 @@ def run(cfg: DictConfig, device: str = "cpu", progress: bool = True) -> TrainRes
     from ..models import build_model, count_parameters
     from ..train import train
 
-    data = load(cfg.data, device=device)
+    data = load(cfg.data, device=ctx.device)
     model = build_model(cfg.model, cfg.seed, input_len=data.input_len)
-    result = train(model, data, cfg.train, cfg.seed, progress=progress, device=device,
+    result = train(model, data, cfg.train, cfg.seed, progress=ctx.progress, device=ctx.device,
                    cuda_graphs=cfg.get("cuda_graphs", True))
     result.summary.setdefault("num_params", count_parameters(model))
     return result
