@@ -17,6 +17,7 @@ STAGES_FILE = "stages.csv"     # several result rows of one run (one per round /
 CONFUSION_FILE = "test_confusion.csv"  # final test confusion matrix: rows = true class, columns = predicted
 ARTIFACTS_DIR = "artifacts"    # masks, weights, learned functions... (context.RunContext.save_artifact)
 TEST_PRED_ARTIFACT = "test_pred.npy"  # final predicted class of every test row, in test-set order
+TEST_TRUE_ARTIFACT = "test_true.npy"  # the test rows' true classes, in the same order
 MODEL_ARTIFACT = "model.pt"    # final weights (state dict), written with save_model=true
 
 # Files of a collected sweep.
