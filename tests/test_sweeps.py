@@ -1,16 +1,17 @@
 """Sweeps: kill-and-resume, launchers giving identical tables, a shared dataset cache under parallel
-jobs, thread counts, sweep folders that never collide, progress, and the design's commands."""
+jobs, thread counts, sweep folders that never collide, progress, the design's commands (Slurm's
+composed launcher config among them) and skips before launch. ComposeCache: test_compose_cache.py."""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -108,23 +109,24 @@ def test_count_jobs_for_progress():
     assert count_jobs(["data.shear_scale=0,0.75,1.5", "data.corr_noise_scale=0,0.25"], None) == 6
 
 
-def test_eta_weighs_remaining_jobs_by_planned_cost(tmp_path):
+def test_eta_weighs_remaining_jobs_by_planned_cost(tmp_path, monkeypatch):
+    clock = [1000.0]  # a fake clock: the ETA is arithmetic on time stamps, not a measurement
+    monkeypatch.setattr(callbacks, "time", SimpleNamespace(time=lambda: clock[0]))
     callbacks.set_total(tmp_path, 6)
-    meta = json.loads((tmp_path / callbacks.TOTAL_FILE).read_text())
-    (tmp_path / callbacks.TOTAL_FILE).write_text(json.dumps({**meta, "start": time.time() - 100}))
     callbacks.count_job(tmp_path, "skipped", 5)
     callbacks.count_job(tmp_path, "complete", 0)
     callbacks.count_job(tmp_path, "complete", 1)
-    assert callbacks.progress_line(tmp_path).endswith("ETA 2:30")  # by count: 3 more runs like these 2
+    clock[0] += 100
+    assert callbacks.progress_line(tmp_path).endswith("1:40 elapsed, ETA 2:30")  # by count: 3 more runs like these 2
     callbacks.plan_jobs(tmp_path, [{0: 1.0}, {1: 1.0}, {4: 2.0}])
     callbacks.plan_jobs(tmp_path, [{2: 6.0, 3: 2.0}])  # plans merge (the launcher plans lone and stacked jobs)
-    plan = json.loads((tmp_path / callbacks.PLAN_FILE).read_text())
-    (tmp_path / callbacks.PLAN_FILE).write_text(json.dumps({**plan, "start": time.time() - 50}))
+    clock[0] += 50
     assert callbacks.progress_line(tmp_path).endswith("ETA 4:10")  # 50 s since the plan per 2 units, 10 left
     callbacks.count_job(tmp_path, "complete", 3)  # job 2 trained in the same stack: done too
     assert callbacks.progress_line(tmp_path).endswith("ETA 0:10")  # 50 s per 10 units, 2 left
     callbacks.count_job(tmp_path, "complete", 7)  # a job the plan does not know: back to counting
-    assert callbacks.progress_line(tmp_path).endswith("ETA 0:25")  # 4 ran in 100 s, 1 left by count
+    clock[0] += 10
+    assert callbacks.progress_line(tmp_path).endswith("ETA 0:40")  # 4 ran in 160 s, 1 left by count
 
 
 def test_the_design_commands_work_from_any_folder(tmp_path):
@@ -141,11 +143,20 @@ def test_the_design_commands_work_from_any_folder(tmp_path):
 
 
 def test_slurm_command_composes(tmp_path):
+    """The Slurm command's `hydra` node, parsed: the submitit plugin's Slurm launcher config (its target
+    class and its own keys), with the command line's values typed."""
+    from hydra.utils import get_class
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
     proc = run_lab(tmp_path, "experiment=benchmark", "hydra/launcher=submitit_slurm",
                    "hydra.launcher.partition=gpu", "hydra.launcher.cpus_per_task=2", "hydra.launcher.timeout_min=60",
                    "--cfg", "hydra")
-    assert "submitit_slurm" in proc.stdout.lower() or "SlurmLauncher" in proc.stdout
-    assert "partition: gpu" in proc.stdout
+    launcher = OmegaConf.to_container(OmegaConf.create(proc.stdout).hydra.launcher)  # unresolved, as composed
+    assert get_class(launcher["_target_"]) is SlurmLauncher
+    assert set(launcher) == {f.name for f in dataclasses.fields(SlurmQueueConf)}  # the plugin's own config
+    assert launcher["submitit_folder"] == SlurmQueueConf.submitit_folder and launcher["nodes"] == 1  # its defaults
+    assert (launcher["partition"], launcher["cpus_per_task"], launcher["timeout_min"]) == ("gpu", 2, 60)
 
 
 def test_saved_sweep_yaml_narrowed_on_the_command_line(tmp_path):
@@ -192,75 +203,6 @@ def test_collect_reports_failed_runs(tmp_path):
     (tmp_path / "2" / "summary.json").write_text("{truncated")  # a half-written record is ignored
     table = collect_sweep(tmp_path, summarize=False)
     assert sorted(table["status"]) == ["complete", "failed"] and (tmp_path / "results.csv").is_file()
-
-
-@contextlib.contextmanager
-def hydra_loader():
-    """(Hydra's config loader, a joblib multirun's master config) for ComposeCache tests."""
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
-
-    from mnist1d_lab.__main__ import register_plugins
-
-    register_plugins()
-    with initialize_config_module("mnist1d_lab.conf", version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        yield loader, loader.load_configuration(
-            "config", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"], RunMode.MULTIRUN)
-
-
-@pytest.mark.parametrize(("sweep_overrides", "bad"), [
-    (["model=mlp", "model.width=7", "seed=3"], False),
-    (["experiment=double_descent", "model=cnn", "model.channels=5", "train.label_noise=0.15"], False),
-    (["data.shear_scale=0.75", "data.corr_noise_scale=0.25", "+tag=x"], False),
-    (["model.width=3"], True),  # not a key of the default model (cnn): Hydra's error, via the fallback
-])
-def test_cached_composition_equals_hydras(sweep_overrides, bad):
-    """The lab sweeper's ComposeCache gives the config Hydra composes from scratch, key for key."""
-    from hydra.errors import ConfigCompositionException
-
-    from hydra_plugins.mnist1d_lab_launcher.compose_cache import ComposeCache
-
-    with hydra_loader() as (loader, master):
-        cache = ComposeCache(loader)
-        for _ in range(2):  # the second call is served from the cache
-            if bad:
-                with pytest.raises(ConfigCompositionException):
-                    loader.load_sweep_config(master, sweep_overrides)
-                with pytest.raises(ConfigCompositionException):
-                    cache.load_sweep_config(master, sweep_overrides)
-                with pytest.raises(ConfigCompositionException):
-                    cache.task_config(master, sweep_overrides)
-                return
-            full = loader.load_sweep_config(master, sweep_overrides)
-            assert OmegaConf.to_yaml(cache.load_sweep_config(master, sweep_overrides)) == OmegaConf.to_yaml(full)
-            task = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
-            assert OmegaConf.to_yaml(cache.task_config(master, sweep_overrides)) == OmegaConf.to_yaml(task)
-        assert len(cache._bases) == 1  # composed once
-
-
-def test_compose_cache_outlives_pickling_within_one_sweep():
-    """joblib pickles the loader anew with every job: a worker keeps the sweep's cache between jobs,
-    and a loader of another sweep starts empty."""
-    job = ["model=mlp", "model.width=7", "seed=3"]
-    with hydra_loader() as (loader, master):
-        # imported after Hydra's plugin scan, which imports the module anew (pickle needs that class)
-        from hydra_plugins.mnist1d_lab_launcher.compose_cache import ComposeCache
-
-        full = OmegaConf.to_yaml(loader.load_sweep_config(master, job))
-        cache = ComposeCache(loader)
-        cache.load_sweep_config(master, job)
-        copy = pickle.loads(pickle.dumps(cache))  # the next job's loader in the same worker
-        assert copy._bases is cache._bases and len(copy._bases) == 1
-        assert OmegaConf.to_yaml(copy.load_sweep_config(master, [*job[:2], "seed=4"])) == full.replace(
-            "seed: 3", "seed: 4").replace("seed=3", "seed=4")
-        assert len(cache._bases) == 1  # served from the cache, not composed again
-        other = ComposeCache(loader)  # another sweep: its own, empty cache
-        assert other._bases == {} and other.token != cache.token
-        again = pickle.loads(pickle.dumps(cache))  # the first job in a worker: the cache came with it
-        assert again._bases is not cache._bases and list(again._bases) == list(cache._bases)
-        assert OmegaConf.to_yaml(again.load_sweep_config(master, job)) == full and len(again._bases) == 1
 
 
 def test_finished_jobs_are_skipped_before_launch_keeping_job_numbers(tmp_path):

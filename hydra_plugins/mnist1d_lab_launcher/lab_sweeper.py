@@ -5,7 +5,8 @@ Same sweep syntax and job order as the basic sweeper. Three differences:
   * `hydra.sweeper.grids` (optional) makes the sweep a union of cartesian grids instead of one
     product (Figure 4: MLP widths and CNN channels in one sweep); see grids.py;
   * job configs are composed through `ComposeCache` (once per config-group choice, not once per job,
-    and not twice: validation and the launcher share the cache in this process);
+    and not twice: validation and the launcher share the cache in this process), which checks itself
+    against Hydra's own composition and falls back to it when Hydra's internals change;
   * jobs whose record is already complete in the result store (and `force=false`) are skipped here,
     before the launcher: their record is copied into the job folder (`<sweep dir>/<num>/`, no .hydra
     files since nothing ran), the skip is logged and counted in the sweep's progress. Only the other
@@ -123,12 +124,7 @@ class LabSweeper(BasicSweeper):
         """
         from mnist1d_lab import callbacks, records
 
-        loader = self.hydra_context.config_loader
-        try:
-            task = loader.task_config(self.config, overrides)
-        except Exception:  # Hydra's own composition, for its own error message (or a config we cannot skip)
-            loader.load_sweep_config(self.config, list(overrides))
-            return None
+        task = self.hydra_context.config_loader.task_config(self.config, overrides)  # Hydra's error if it fails
         try:
             store = records.finished(task)
         except Exception:  # e.g. an interpolation that only resolves in the job: let the job report it
