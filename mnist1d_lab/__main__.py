@@ -92,7 +92,7 @@ def main(cfg: DictConfig) -> dict:
     """Run one job (a Hydra multirun calls this once per job)."""
     from . import runner  # torch: imported where a job runs; a launcher's parent (joblib's) never needs it
 
-    cpu.fast_exit()  # here too: joblib / submitit workers call main() without cli()
+    cpu.configure_process()  # here too: joblib / submitit workers call main() without cli()
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
@@ -122,7 +122,7 @@ def cli() -> None:
     except ConfigError as exc:
         print(f"mnist1d_lab: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    cpu.fast_exit()
+    cpu.configure_process()  # malloc keeps freed memory; no final garbage collections at exit (cpu.py)
     register_plugins()
     main()
 

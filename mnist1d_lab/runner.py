@@ -71,7 +71,7 @@ def setup_torch(cfg: DictConfig, workers: int = 1) -> int:
     """Set the thread count deliberately (no oversubscription) and flush denormals; returns threads."""
     threads = cfg.num_threads or default_threads(workers)
     torch.set_num_threads(threads)
-    cpu.tune()  # flushed denormals, no page faults from freed activations (cpu.py)
+    cpu.tune()  # flushed denormals (cpu.py)
     return threads
 
 

@@ -190,7 +190,7 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
     """
     cfg = {**TRAIN_DEFAULTS, **cfg}
     validate_train(cfg, len(data.x))
-    cpu.tune()  # flushed denormals, no page faults from freed activations (cpu.py)
+    cpu.tune()  # flushed denormals (cpu.py)
     device = torch.device(device) if device is not None else data.x.device
     model = model.to(device)
     dtype = next(model.parameters()).dtype  # data follow the model (float64 runs for exact comparisons)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -135,3 +136,23 @@ def test_save_model_is_not_in_the_key_but_reruns_without_weights(tmp_path):
     assert records.confusion(store).sum() == len(pred)
     proc = run_lab(tmp_path, *args, "save_model=true")
     assert "skipped, already done" in proc.stdout + proc.stderr
+
+
+def test_importing_the_library_changes_no_process_wide_state():
+    """Process-wide settings (malloc thresholds, exit handlers, matplotlib style) come from entry points."""
+    code = """import atexit, pkgutil, importlib, matplotlib
+import concurrent.futures, matplotlib.pyplot, pandas, scipy.ndimage, torch, tqdm  # their own exit handlers
+before, style = atexit._ncallbacks(), dict(matplotlib.rcParams)
+import mnist1d_lab
+for m in pkgutil.walk_packages(mnist1d_lab.__path__, "mnist1d_lab."):
+    if not m.name.endswith("__main__"):
+        importlib.import_module(m.name)
+from mnist1d_lab import cpu
+assert cpu._keep_freed_memory.cache_info().currsize == 0, "mallopt at import"
+assert atexit._ncallbacks() == before, "exit handler registered at import"
+assert dict(matplotlib.rcParams) == style, "matplotlib style changed at import"
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr

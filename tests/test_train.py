@@ -272,11 +272,12 @@ def test_reproduces_the_original_loop_in_float64(small_data, batch_size: int, tr
 
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
                     reason="mallopt tuning is glibc-only")
-def test_cpu_tune_stops_page_faults_from_freed_activations() -> None:
-    """After cpu.tune(), allocating and freeing stacked-step-sized tensors no longer page-faults each time."""
+def test_configure_process_stops_page_faults_from_freed_activations() -> None:
+    """After cpu.configure_process(), allocating and freeing stacked-step-sized tensors no longer
+    page-faults each time."""
     from mnist1d_lab import cpu
 
-    cpu.tune()
+    cpu.configure_process()
     assert torch.get_num_threads() >= 1 and cpu._keep_freed_memory()
 
     def faults(n: int = 50) -> int:
