@@ -54,6 +54,7 @@ EXPERIMENTS = {
     "train": "mnist1d_lab.experiments.train",
     "benchmark": "mnist1d_lab.experiments.benchmark",
     "double_descent": "mnist1d_lab.experiments.double_descent",
+    "lottery": "mnist1d_lab.experiments.lottery",
 }
 
 
