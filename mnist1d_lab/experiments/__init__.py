@@ -55,6 +55,9 @@ EXPERIMENTS = {
     "benchmark": "mnist1d_lab.experiments.benchmark",
     "double_descent": "mnist1d_lab.experiments.double_descent",
     "lottery": "mnist1d_lab.experiments.lottery",
+    "human": "mnist1d_lab.experiments.human",
+    "classwise": "mnist1d_lab.experiments.classwise",
+    "tsne": "mnist1d_lab.experiments.tsne",
 }
 
 
