@@ -4,12 +4,13 @@ The protocol (batch order, label noise, losses, evaluation points, summaries) li
 and is shared with the many-models loop. This module adds: config validation, the optimiser, the
 loop itself and evaluation. No Hydra here: `cfg` is the plain `train` subtree (any Mapping).
 
-Speed (see shared/research/speed-notes.md): the loop never syncs with the host between evaluations
+Speed (docs/training.md, "Speed"): the loop never syncs with the host between evaluations
 (no per-step `.item()`), uses fused optimiser kernels without torch.optim (optim.py), and flushes denormals.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import time
@@ -46,7 +47,13 @@ def _is_number(v: object) -> bool:
 
 
 def validate_train(cfg: Mapping, n_train: int) -> None:
-    """Raise ConfigError (key `train.<key>`) for any bad knob; `n_train` = rows in the full training set."""
+    """Raise ConfigError (key `train.<key>`) for any bad or unknown knob; `n_train` = rows in the full
+    training set."""
+    for key in cfg:
+        if key not in TRAIN_DEFAULTS:
+            near = difflib.get_close_matches(str(key), list(TRAIN_DEFAULTS), n=1)
+            raise ConfigError(f"train.{key}", cfg[key], "not a train knob" + (
+                f" (did you mean train.{near[0]}?)" if near else "") + f"; knobs: {sorted(TRAIN_DEFAULTS)}")
     c = {**TRAIN_DEFAULTS, **cfg}
 
     def bad(key: str, allowed: str) -> ConfigError:
@@ -89,10 +96,10 @@ def make_optimizer(model: nn.Module, cfg: Mapping) -> optim.Optimizer:
 
 # Rows per forward pass when evaluating on the CPU. In one pass over 12,000 test rows, a 100-channel CNN's
 # activations take ~250 MB, and a sweep of growing widths left each pass's freed buffers too small for
-# the next (cpu.tune keeps freed memory): the double-descent sweep peaked at 2.5 GB of resident memory.
+# the next (cpu.configure_process keeps freed memory): the double-descent sweep peaked at 2.5 GB of resident memory.
 # In chunks of 1,024 rows it peaked at 0.76 GB. Evaluation got faster on one thread (12,000 rows: paper MLP
 # 9.4 -> 6.3 ms, 300-wide MLP 58 -> 33 ms, 100-channel CNN 265 -> 214 ms) and stayed within 10 % either way
-# on two (docs/batched.md, "Twelfth session").
+# on two (docs/training.md, "Speed").
 EVAL_ROWS = 1024
 
 
