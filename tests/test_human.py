@@ -259,3 +259,19 @@ def test_classwise_config_is_the_early_stopped_cnn_over_three_seeds():
     cfg = compose_cfg("experiment=classwise", hydra_config=True)
     assert (cfg.model.name, cfg.train.steps, cfg.experiment_name) == ("cnn", 3000, "classwise")
     assert str(cfg.hydra.sweeper.params.seed) == "0,1,2" and experiments.batchable("classwise")
+
+
+def test_classwise_sweep_through_the_entry_point(tmp_path):
+    """scale=smoke: 3 tiny CNN runs, then summarize reads their test_pred.npy and the quizzes written here."""
+    from mnist1d_lab.data import dataset
+
+    cfg = compose_cfg("scale=smoke", f"data.cache_dir={tmp_path / 'cache'}")
+    d = dataset(cfg.data)
+    (tmp_path / "q").mkdir()
+    write_quiz(tmp_path / "q" / "q1.pkl", d["x_test"][:30], d["y_test"][:30], d["y_test"][:30])
+    run_lab(tmp_path, "experiment=classwise", "scale=smoke", f"human.quiz_dir={tmp_path / 'q'}")
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    t = pd.read_csv(sweep / "classwise.csv")
+    assert set(t["who"]) == {"human", "cnn_quiz", "cnn_test"} and (t.loc[t["who"] != "human", "runs"] == 3).all()
+    assert t.loc[t["who"] == "human", "errors"].sum() == 0 and t.loc[t["who"] == "cnn_quiz", "n"].sum() == 30
+    assert (sweep / "figure8.png").is_file() and (sweep / "classwise.md").is_file()

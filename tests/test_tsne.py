@@ -130,3 +130,14 @@ def test_tsne_run_mnist1d_beside_mnist(tmp_path):
                           for (_, g), m in zip(sub.groupby("label"), med, strict=True)])
         spread[name] = np.linalg.norm(med[:, None] - med[None], axis=-1).mean() / within
     assert spread["mnist"] > spread["mnist1d"]
+
+
+def test_tsne_through_the_entry_point(tmp_path):
+    from helpers import run_lab, summaries
+
+    run_lab(tmp_path, "experiment=tsne", "scale=smoke", "tsne.max_iter=300", "tsne.max_points=120")
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    (s,) = summaries(run_dir)
+    assert s["status"] == "complete" and s["tsne_n_mnist1d"] == 120 and s["tsne_kl_mnist1d"] > 0
+    for name in ("figure10.png", "figure10.pdf", "tsne_embedding.csv"):
+        assert (run_dir / "artifacts" / name).is_file(), name

@@ -134,10 +134,10 @@ def figure8(t: pd.DataFrame, acc: dict):
             x = s["class"].to_numpy() + (i - (len(whos) - 1) / 2) * width
             label = f"{WHO[who]}: {100 * acc[who]:.1f} % right"
             axes[0].bar(x, 100 * s["error_share"], width, label=label, color=f"C{i}")
-            axes[1].bar(x, 100 * s["error_rate"], width, yerr=100 * s["error_rate_std"].fillna(0), capsize=2,
-                        label=label, color=f"C{i}")
+            std = None if s["error_rate_std"].isna().all() else 100 * s["error_rate_std"].fillna(0)  # CNN: over runs
+            axes[1].bar(x, 100 * s["error_rate"], width, yerr=std, capsize=2, label=label, color=f"C{i}")
         axes[0].set(xlabel="true class", ylabel="share of the errors (%)", title="Share of the errors")
-        axes[1].set(xlabel="true class", ylabel="error rate (%)", title="Error rate")
+        axes[1].set(xlabel="true class", ylabel="error rate (%)", title="Error rate (CNN: mean ± std over runs)")
         for ax in axes:
             ax.set_xticks(range(10))
         axes[0].legend(frameon=False, fontsize=8)
@@ -153,6 +153,8 @@ def report(t: pd.DataFrame, acc: dict) -> str:
               "the first 500 test examples; the paper: human 96 ± 1, CNN 94 ± 2.", ""]
     wide = t.assign(rate_pct=100 * t["error_rate"], share_pct=100 * t["error_share"])
     wide = wide.pivot(index="class", columns="who", values=["errors", "rate_pct", "share_pct"])
+    whos = [w for w in WHO if w in set(t["who"])]
+    wide = wide[[(what, who) for who in whos for what in ("errors", "rate_pct", "share_pct")]]
     wide.columns = [f"{who} {what}" for what, who in wide.columns]
     lines.append(H.markdown_table(wide.reset_index()))
     lines.append("errors: per run (CNN: the mean over runs); rate: errors / examples of the class; share: the "
