@@ -251,6 +251,11 @@ def test_classwise_skips_quiz_rows_of_another_test_set(tmp_path, caplog):
                           "human.quiz_dir": str(tmp_path / "q")})
     t, acc = classwise.classwise(table)
     assert set(t["who"]) == {"human", "cnn_test"} and "not the quiz's" in caplog.text
+    (tmp_path / "a" / "artifacts" / "test_pred.npy").unlink()  # a record without predictions is left out
+    t, acc = classwise.classwise(table)
+    assert set(t["who"]) == {"human"} and "left out" in caplog.text
+    with pytest.raises(FileNotFoundError, match="nothing to compare"):
+        classwise.classwise(table.drop(columns="human.quiz_dir"))
 
 
 def test_classwise_config_is_the_early_stopped_cnn_over_three_seeds():
@@ -275,3 +280,8 @@ def test_classwise_sweep_through_the_entry_point(tmp_path):
     assert set(t["who"]) == {"human", "cnn_quiz", "cnn_test"} and (t.loc[t["who"] != "human", "runs"] == 3).all()
     assert t.loc[t["who"] == "human", "errors"].sum() == 0 and t.loc[t["who"] == "cnn_quiz", "n"].sum() == 30
     assert (sweep / "figure8.png").is_file() and (sweep / "classwise.md").is_file()
+
+
+def test_missing_quiz_folder_is_bad_input_through_the_entry_point(tmp_path):
+    proc = run_lab(tmp_path, "experiment=human", f"human.quiz_dir={tmp_path / 'nowhere'}", check=False)
+    assert proc.returncode == 2 and "human.quiz_dir" in proc.stderr

@@ -95,6 +95,10 @@ def classwise(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         ans = ans[ans["test_row"] >= 0]
     cnn = {"cnn_quiz": [], "cnn_test": []}
     for record_dir in table["record_dir"]:
+        if not (Path(record_dir) / paths.ARTIFACTS_DIR / paths.TEST_PRED_ARTIFACT).is_file():
+            log.warning("%s: no %s/%s (a record from before test predictions were kept?); left out", record_dir,
+                        paths.ARTIFACTS_DIR, paths.TEST_PRED_ARTIFACT)
+            continue
         pred, true, conf = run_predictions(record_dir)
         cnn["cnn_test"].append(whole_test_errors(pred, true, conf))
         if ans is None or len(ans) == 0:
@@ -115,6 +119,9 @@ def classwise(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         out["error_share"] = g["errors"].sum().to_numpy() / max(stacked["errors"].sum(), 1)  # pooled over runs
         frames.append(out.assign(who=who, runs=len(runs)))
         acc[who] = 1 - stacked["errors"].sum() / stacked["n"].sum()
+    if not frames:
+        raise FileNotFoundError(f"no run kept {paths.ARTIFACTS_DIR}/{paths.TEST_PRED_ARTIFACT} and no quizzes "
+                                "were given (human.quiz_dir): nothing to compare")
     cols = ["who", "class", "runs", "n", "errors", "errors_std", "error_rate", "error_rate_std", "error_share"]
     return pd.concat(frames, ignore_index=True).reindex(columns=cols), acc
 
