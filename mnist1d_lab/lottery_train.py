@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu, optim, protocol
-from .batched_models import ACT_FNS
-from .stacked_ops import StackedHead
+from .batched.models import ACT_FNS
+from .batched.ops import StackedHead
 
 EVAL_ROWS = 1024  # rows per evaluation chunk (bounded memory for K members x thousands of rows)
 

@@ -7,18 +7,15 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from . import cpu, experiments, paths, protocol, records
+from . import cpu, experiments, paths, records
 from .context import RunContext
 from .errors import ConfigError
 from .models import model_kwargs
-from .train import TRAIN_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -178,141 +175,3 @@ def _stop_if_asked(cfg: DictConfig, error: str | None) -> None:
     if error and cfg.stop_on_error:
         raise RuntimeError(f"stopping the sweep (stop_on_error=true): {error}")
 
-
-def group_key(cfg: DictConfig) -> str:
-    """Runs with equal group keys differ only in what the batched trainer can stack (seed, width)."""
-    from .batched_models import WIDTH_KEY
-
-    plain = records.to_plain(cfg)
-    plain.pop("seed", None)
-    plain["model"] = {k: v for k, v in plain["model"].items() if k != WIDTH_KEY.get(plain["model"].get("name"))}
-    return records.run_key(plain)
-
-
-@dataclass
-class _Stack:
-    """One planned stack: members (indices into its group's jobs), the group, its estimated cost."""
-    group: int
-    members: list[int]
-    cost: float
-    side: int  # stacks of its family that train at once (stacks.side_by_side)
-
-
-def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], workers: int = 1,
-                   memory_budget_mb: float | None = None,
-                   done: Callable[[int, int, dict], None] | None = None,
-                   side_by_side: bool = True,
-                   planned: Callable[[list[dict[tuple[int, int], float]]], None] | None = None
-                   ) -> list[list[dict]]:
-    """Run groups of jobs (each sharing a group_key) as batched programs; one record per job, as
-    execute() writes, and the summaries per group in job order.
-
-    Finished jobs are skipped member by member; a group whose members cannot batch (e.g. the GRU), or
-    with one job left, runs one job at a time. Each group is cut into stacks (stacks.plan_groups, within
-    `memory_budget_mb` in all); stacks of families that gain from it (stacks.side_by_side: MLPs on
-    CPU; not with side_by_side=False) train side by side, one torch thread each, longest first, across
-    groups (large stacks cut into parts, stacks.spread); then the others, one after another on all
-    threads. Records are written as each stack finishes; then, in the calling thread, `done(group
-    index, job index, summary)` is called for each of its jobs (the launcher's per-job bookkeeping).
-    A failure of a stack is recorded for each of its members; with stop_on_error, stacks not yet
-    started are not started. Before any training, `planned([{(group, job): weight}, ...])` gets, per
-    stack (jobs that finish together; one job each when run one at a time), each job's share of the
-    estimated wall time (stacks.stack_cost x steps, divided among a stack's members and by the stacks
-    running at once), for a cost-weighted ETA; jobs without an estimate (a GRU) are left out.
-    """
-    from . import batched, stacks
-    from .data import load
-
-    for cfgs, _ in groups:
-        for cfg in cfgs:
-            validate(cfg)
-    summaries: list[list[dict | None]] = []
-    contexts, stacked, sequential = [], [], []
-    for g, (cfgs, out_dirs) in enumerate(groups):
-        summaries.append([lookup(c, Path(d)) for c, d in zip(cfgs, out_dirs, strict=True)])
-        todo = [i for i, s in enumerate(summaries[g]) if s is None]
-        ok, reason = batched.can_batch([cfgs[i].model for i in todo], cfgs[todo[0]].train) if todo else (False, "")
-        contexts.append(None)
-        if len(todo) < 2 or not ok:
-            if len(todo) > 1:
-                log.info("running %d jobs one at a time: %s", len(todo), reason)
-            sequential.append((g, todo))
-            continue
-        first = cfgs[todo[0]]
-        device, threads = resolve_device(first.device), setup_torch(first, workers)
-        side = stacks.side_by_side(first.model.name, threads, device) if side_by_side else 1
-        data = load(first.data, device=device)
-        train_cfg = {**TRAIN_DEFAULTS, **first.train}
-        n_train = protocol.split_sizes(train_cfg, data.n_train)[0]
-        budget = (memory_budget_mb or math.inf) / side  # stacks side by side share the budget
-        steps = protocol.num_updates(train_cfg, n_train)
-        per_stack = stacks.stack_threads(first.model.name, threads, device)  # 1 for stacks side by side
-        parts = stacks.plan_groups([cfgs[i].model for i in todo], n_train, budget, int(first.train.batch_size),
-                                   device, per_stack)
-        for part in parts:  # side by side, a large stack is cut into interleaved parts (stacks.spread)
-            for members in stacks.spread([todo[j] for j in part], side):
-                cost = steps * stacks.stack_cost([cfgs[i].model for i in members], device, per_stack)
-                stacked.append(_Stack(g, members, cost, side))
-        contexts[g] = (data, device, threads)
-        log.info("training %d runs as one batched program (%s, %d stack(s)%s)", len(todo), first.model.name,
-                 len(parts), f", up to {side} side by side" if side > 1 else "")
-
-    def run(stack: _Stack) -> _Stack:  # on the torch threads set by the caller (1 side by side)
-        cfgs, out_dirs = groups[stack.group]
-        data, device, _ = contexts[stack.group]
-        first = cfgs[stack.members[0]]
-        start = time.perf_counter()
-        results, error = _attempt(lambda: batched.train_batched(
-            [cfgs[i].model for i in stack.members], [cfgs[i].seed for i in stack.members], data, first.train,
-            progress=first.progress, device=device, plan=False, cuda_graphs=first.get("cuda_graphs", True)),
-            "batched stack")
-        wall = (time.perf_counter() - start) / len(stack.members)  # the stack's wall time, shared equally
-        for j, i in enumerate(stack.members):
-            summaries[stack.group][i] = finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None,
-                                               error, wall, device, torch.get_num_threads())
-        _stop_if_asked(first, error)
-        return stack
-
-    def notify(stack: _Stack) -> None:
-        for i in stack.members if done else ():
-            done(stack.group, i, summaries[stack.group][i])
-
-    pool = sorted((s for s in stacked if s.side > 1), key=lambda s: -s.cost)  # longest first
-    if len(pool) < 2:
-        pool = []  # one alone runs below, on all threads (train_batched may still split it)
-    if planned is not None:
-        plan = [{(s.group, i): s.cost / len(s.members) / (s.side if pool and s.side > 1 else 1) for i in s.members}
-                for s in stacked]
-        singles = [((g, i), single_cost(groups[g][0][i])) for g, todo in sequential for i in todo]
-        planned(plan + [{job: cost} for job, cost in singles if cost is not None])
-    for g, todo in sequential:
-        for i in todo:
-            cfgs, out_dirs = groups[g]
-            summaries[g][i] = execute(cfgs[i], out_dirs[i], workers)
-            if done:
-                done(g, i, summaries[g][i])
-    if pool:
-        stacks.run_side_by_side(run, pool, pool[0].side, notify)
-    for stack in stacked:
-        if not pool or stack.side == 1:
-            torch.set_num_threads(contexts[stack.group][2])  # its group's thread count (setup_torch)
-            notify(run(stack))
-    return summaries
-
-
-def single_cost(cfg: DictConfig) -> float | None:
-    """The planner's cost estimate (stacks.stack_cost x steps) of one job trained alone; None for
-    families it does not model (the GRU) or a config it cannot read."""
-    from . import stacks
-    from .batched_models import BATCHABLE
-    from .data import split_rows
-
-    try:  # only for the ETA: a config that is wrong here fails with its proper error when it runs
-        model = records.to_plain(cfg.model)
-        if model["name"] not in BATCHABLE:
-            return None
-        train_cfg = {**TRAIN_DEFAULTS, **cfg.train}
-        n_train = protocol.split_sizes(train_cfg, split_rows(cfg.data)[0])[0]  # generated rows (a guess if frozen)
-        return protocol.num_updates(train_cfg, n_train) * stacks.stack_cost([model], resolve_device(cfg.device))
-    except Exception:  # noqa: BLE001
-        return None

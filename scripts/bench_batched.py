@@ -9,7 +9,7 @@ The one-at-a-time side times a subset of members (--single-sample per case, spre
 and extrapolates per model; the output says so. Both paths are warmed up first (the first conv sets up
 oneDNN). The two paths alternate --repeats times per case and each keeps its fastest time (a shared
 machine's speed can drift by 1.5x over minutes, so one pass of each could land in different phases);
-the ratio of the medians is printed as well. Memory: `est` is stacks.estimate_memory_mb (tensor sizes);
+the ratio of the medians is printed as well. Memory: `est` is plan.estimate_memory_mb (tensor sizes);
 `maxrss` is the process's peak resident set so far (resource.getrusage).
 
     python scripts/bench_batched.py [--steps 300] [--threads 1] [--repeats 3] [--cases mlp8,mlp32,mlp128,cnn32,widths64]
@@ -18,7 +18,7 @@ With --device cuda both paths train on the GPU (times include a synchronize), an
 prints how far batched and one-at-a-time loss curves differ there (MLP widths, CNN channels, 100 steps),
 and each case's batched run is also timed without CUDA graphs (`cuda_graphs=False`: eager launches).
 Before the last line, `ddmlp`: the double-descent MLP stacks one after another vs side by side
-(runner.execute_groups' schedule), on --batched-threads threads.
+(the batched launcher's schedule, batched/schedule.py), on --batched-threads threads.
 Last line: `batched speedup mlp32: <r>x, cnn32: <r>x, widths64: <r>x`. ~2.5 min on 2 idle cores (145 s measured with --repeats 3).
 """
 
@@ -32,7 +32,8 @@ import time
 import numpy as np
 import torch
 
-from mnist1d_lab import batched, models, stacks, train
+from mnist1d_lab import batched, models, train
+from mnist1d_lab.batched import plan
 
 
 def load_data(device: str = "cpu"):
@@ -116,13 +117,13 @@ def stacks_in_turn_vs_side_by_side(data, steps: int, threads: int) -> float:
     """The double-descent MLP grid as two groups (seeds 0 and 1, as its clean and noisy grids are), each
     cut into stacks by plan_groups, with the double-descent optimiser (SGD 0.01 / 0.9, reshuffled
     batches): trained one stack after another on `threads` torch threads, then side by side (one torch
-    thread each, longest first), as runner.execute_groups does. Prints both; returns the ratio."""
+    thread each, longest first), as the batched launcher (schedule.execute_groups) does. Prints both; returns the ratio."""
     cfg = {"steps": steps, "eval_every": steps, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
            "batch_order": "reshuffle"}
     cfgs = [{"name": "mlp", "width": w, "residual": False} for w in DD_WIDTHS]
     planned = [([cfgs[i] for i in part], [seed] * len(part)) for seed in (0, 1)
-              for part in stacks.plan_groups(cfgs, len(data.x), float("inf"))]
-    planned.sort(key=lambda s: -stacks.stack_cost(s[0]))
+              for part in plan.plan_groups(cfgs, len(data.x), float("inf"))]
+    planned.sort(key=lambda s: -plan.stack_cost(s[0]))
 
     def run(stack):
         return batched.train_batched(*stack, data, cfg, progress=False, plan=False)
@@ -133,7 +134,7 @@ def stacks_in_turn_vs_side_by_side(data, steps: int, threads: int) -> float:
         run(stack)
     in_turn = time.perf_counter() - t
     t = time.perf_counter()
-    stacks.run_side_by_side(run, planned, stacks.side_by_side("mlp", threads))
+    plan.run_side_by_side(run, planned, plan.side_by_side("mlp", threads))
     side = time.perf_counter() - t
     print(f"ddmlp     {len(DD_WIDTHS)} widths x 2 groups = {len(planned)} stacks, {steps} steps: one after another on "
           f"{threads} threads {in_turn:.1f} s | side by side, one thread each {side:.1f} s | speedup {in_turn / side:.2f}x")
@@ -171,8 +172,8 @@ def main() -> None:
                     help="torch threads for the batched side only (default: --threads). One small model gains "
                          "nothing from a second thread; a stack of 32 can use both cores")
     ap.add_argument("--single-sample", type=int, default=4, help="members timed one at a time per case")
-    ap.add_argument("--min-split", type=int, default=stacks.MIN_SPLIT,
-                    help="stacks.MIN_SPLIT: smallest part of a stack trained side by side on several threads "
+    ap.add_argument("--min-split", type=int, default=plan.MIN_SPLIT,
+                    help="plan.MIN_SPLIT: smallest part of a stack trained side by side on several threads "
                          "(a huge value keeps every stack whole, for an A/B)")
     ap.add_argument("--repeats", type=int, default=3, help="alternations of the two paths per case; the fastest "
                     "of each is kept (the last line) and the ratio of medians printed too")
@@ -182,7 +183,7 @@ def main() -> None:
                     "another vs side by side (4 x --steps steps); empty to skip")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    stacks.MIN_SPLIT = args.min_split
+    plan.MIN_SPLIT = args.min_split
     device, gpu = args.device, torch.device(args.device).type == "cuda"
     data = load_data(device)
     cfg = {"steps": args.steps, "eval_every": args.eval_every}
@@ -214,8 +215,8 @@ def main() -> None:
         if gpu:
             print(f"{case:9s} batched on {device}: eager launches {eager:.2f} s, CUDA graphs {b_wall:.2f} s "
                   f"({eager / b_wall:.2f}x)")
-        est = stacks.estimate_memory_mb(cfgs, len(data.x))
-        groups = len(stacks.plan_groups(cfgs, len(data.x), float("inf"), device=device))  # train_batched's stacks
+        est = plan.estimate_memory_mb(cfgs, len(data.x))
+        groups = len(plan.plan_groups(cfgs, len(data.x), float("inf"), device=device))  # train_batched's stacks
         print(f"{case:9s} K={k:3d} one-at-a-time {s_wall * k:7.1f} s (extrapolated from {min(sample, k)} "
               f"members, {s_wall * 1e3:.0f} ms/model, cpu {s_cpu * k:.1f} s, test_acc {s_acc:.3f}) | batched "
               f"{b_wall:6.1f} s in {groups} stack(s) (cpu {b_cpu:.1f} s, test_acc {b_acc:.3f}) | speedup {speedups[case]:.2f}x "

@@ -1,4 +1,4 @@
-"""Benchmark: a stacked training step with hand-written gradients (StackedModel.hand_grads, stacked_ops)
+"""Benchmark: a stacked training step with hand-written gradients (StackedModel.hand_grads, batched/ops.py)
 versus the same step through autograd, one process, interleaved.
 
 For each case two identical stacks are built (same members, seeds, optimiser); one has
@@ -19,7 +19,7 @@ import time
 import torch
 
 from mnist1d_lab import batched, cpu, train
-from mnist1d_lab.batched_models import StackedModel
+from mnist1d_lab.batched import StackedModel
 from mnist1d_lab.data import load
 
 DD = {"dd_mlp_2": [230, 300], "dd_mlp_4": [80, 104, 135, 177], "dd_mlp_13": [2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61],

@@ -3,8 +3,8 @@
 The lab's target is 6x on `bench_batched.py --batched-threads 2`'s mlp32 case (32 seeds of the paper MLP, 300
 steps, evaluations every 100; one at a time on one thread, batched on two). This script times that case
 both ways, then runs the batched side once more with its matrix products timed where they run (every
-`torch.bmm` / `baddbmm` / `mm` / `addmm` of the CPU step in `stacked_ops`, per Python thread: the two
-16-member stacks train side by side), and the whole update (`batched.stacked_update`) around them.
+`torch.bmm` / `baddbmm` / `mm` / `addmm` of the CPU step in `mnist1d_lab.batched.ops`, per Python thread: the
+two 16-member stacks train side by side), and the whole update (`batched.stacked_update`) around them.
 
 The bound: the batched run's wall time if every operation of a training step other than its products
 (ReLUs, bias sums, the loss, Adam, Python) took no time at all, with the evaluations and setup as
@@ -25,13 +25,15 @@ from collections import defaultdict
 import torch
 from bench_batched import case_members, load_data, matmul_gflops, time_single
 
-from mnist1d_lab import batched, models, stacked_ops
+from mnist1d_lab import batched, models
+from mnist1d_lab.batched import ops
+from mnist1d_lab.batched import train as loop
 
 PRODUCTS = ("bmm", "baddbmm", "mm", "addmm")
 
 
 class TimedTorch:
-    """Stands in for `torch` inside stacked_ops: the products are timed per thread, the rest passes through."""
+    """Stands in for `torch` inside batched/ops.py: the products are timed per thread, the rest passes through."""
 
     def __init__(self, seconds: defaultdict) -> None:
         self.seconds = seconds
@@ -53,20 +55,20 @@ class TimedTorch:
 def timed_run(cfgs, seeds, data, cfg) -> tuple[float, dict, dict]:
     """(wall s, product s per thread, update s per thread) of one train_batched run with products timed."""
     products, updates = defaultdict(float), defaultdict(float)
-    plain_update = batched.stacked_update
+    plain_update = loop.stacked_update  # what the batched loop calls each step
 
     def update(*args, **kwargs):
         start = time.perf_counter()
         plain_update(*args, **kwargs)
         updates[threading.get_ident()] += time.perf_counter() - start
 
-    stacked_ops.torch, batched.stacked_update = TimedTorch(products), update
+    ops.torch, loop.stacked_update = TimedTorch(products), update
     try:
         start = time.perf_counter()
         batched.train_batched(cfgs, seeds, data, cfg, progress=False)
         return time.perf_counter() - start, dict(products), dict(updates)
     finally:
-        stacked_ops.torch, batched.stacked_update = torch, plain_update
+        ops.torch, loop.stacked_update = torch, plain_update
 
 
 def step_flops(cfg: dict, batch: int = 100) -> int:

@@ -11,6 +11,7 @@ import pytest
 from helpers import TINY, compose_cfg, run_lab, summaries, sweep_dirs
 
 from mnist1d_lab import records, runner
+from mnist1d_lab.batched import schedule
 
 MODELS = ["logistic", "mlp", "cnn", "gru"]
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
@@ -136,9 +137,9 @@ def test_a_failed_batched_stack_is_recorded_for_every_member(tmp_path, monkeypat
     dirs = [tmp_path / "0", tmp_path / "1"]
     if stop:
         with pytest.raises(RuntimeError, match="MemoryError: simulated"):
-            runner.execute_groups([(cfgs, dirs)])[0]
+            schedule.execute_groups([(cfgs, dirs)])[0]
     else:
-        assert [s["status"] for s in runner.execute_groups([(cfgs, dirs)])[0]] == ["failed", "failed"]
+        assert [s["status"] for s in schedule.execute_groups([(cfgs, dirs)])[0]] == ["failed", "failed"]
     assert [records.read_summary(d)["error"] for d in dirs] == ["MemoryError: simulated"] * 2
     assert not (tmp_path / "store").exists()
 
@@ -169,19 +170,19 @@ def test_mlp_stacks_of_several_groups_train_side_by_side_with_one_threads_number
         return cfgs, [root / f"{noise}_{w}" for w in (4, 8)]
 
     seen = []
-    side = runner.execute_groups([group(n, 2, tmp_path / "side") for n in (0.0, 0.2)],
+    side = schedule.execute_groups([group(n, 2, tmp_path / "side") for n in (0.0, 0.2)],
                                  done=lambda g, i, s: seen.append((g, i, s["status"], threading.get_ident())))
     assert len(calls) == 2 and {c[1] for c in calls} == {1} and len({c[0] for c in calls}) == 2
     assert max(c[2] for c in calls) < min(c[3] for c in calls)  # the two stacks overlapped in time
     assert sorted(seen) == sorted((g, i, "complete", threading.get_ident()) for g in (0, 1) for i in (0, 1))
     assert {json.loads((d / "env.json").read_text())["num_threads"] for d in (tmp_path / "side").glob("0*")} == {1}
     calls.clear()
-    alone = runner.execute_groups([group(n, 1, tmp_path / "alone") for n in (0.0, 0.2)])  # one thread: in turn
+    alone = schedule.execute_groups([group(n, 1, tmp_path / "alone") for n in (0.0, 0.2)])  # one thread: in turn
     assert len(calls) == 2 and calls[0][3] <= calls[1][2]
     for a, b in zip(side[0] + side[1], alone[0] + alone[1], strict=True):  # same stacks on one thread: same bits
         assert (a["final_test_acc"], a["final_train_loss"]) == (b["final_test_acc"], b["final_train_loss"])
     calls.clear()
-    runner.execute_groups([group(n, 2, tmp_path / "off") for n in (0.0, 0.2)], side_by_side=False)
+    schedule.execute_groups([group(n, 2, tmp_path / "off") for n in (0.0, 0.2)], side_by_side=False)
     assert len(calls) == 2 and {c[1] for c in calls} == {2} and calls[0][3] <= calls[1][2]  # in turn, 2 threads
 
 
@@ -205,9 +206,9 @@ def test_a_failed_stack_beside_another_is_recorded_and_stop_on_error_stops(tmp_p
         groups.append((cfgs, [tmp_path / f"{noise}_{w}" for w in (4, 8)]))
     if stop:
         with pytest.raises(RuntimeError, match="MemoryError: simulated"):
-            runner.execute_groups(groups)
+            schedule.execute_groups(groups)
     else:
-        out = runner.execute_groups(groups)
+        out = schedule.execute_groups(groups)
         assert [[s["status"] for s in g] for g in out] == [["complete", "complete"], ["failed", "failed"]]
     assert [records.read_summary(d)["status"] for d in groups[1][1]] == ["failed", "failed"]
     # the stack running beside the failed one (started at once) finishes and is kept, even with stop

@@ -1,4 +1,5 @@
-"""Batched training (batched.py) against the one-at-a-time loop (train.train): same records, same weights.
+"""Batched training (mnist1d_lab.batched) against the one-at-a-time loop (train.train): same records, same
+weights, same test predictions; what can batch; the planner.
 
 Exactness is checked in float64 (batched and single sum in different orders, and float32 Adam
 trajectories drift apart chaotically after ~100 steps); float32 is compared as accuracies.
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from mnist1d_lab import batched, models, protocol, stacks, train
-from mnist1d_lab.batched_models import StackedHead, StackedModel
+from mnist1d_lab import batched, models, protocol, train
+from mnist1d_lab.batched import StackedModel, plan
+from mnist1d_lab.batched import train as loop
+from mnist1d_lab.batched.ops import StackedHead, member_losses
 from mnist1d_lab.errors import ConfigError
-from mnist1d_lab.stacked_ops import member_losses
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +34,7 @@ def _double(d) -> SimpleNamespace:
 
 
 def _member_cfgs(name: str, widths: list[int], **extra) -> list[dict]:
-    key = {"mlp": "width", "cnn": "channels"}.get(name)
+    key = batched.WIDTH_KEY.get(name)
     return [{"name": name, **extra, **({key: w} if key else {})} for w in widths]
 
 
@@ -51,7 +53,20 @@ def _compare(cfgs, seeds, data, cfg, rtol=1e-4):
         for p, q in zip(rb.model.parameters(), r1.model.parameters(), strict=True):
             assert p.shape == q.shape
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)
+        _check_test_predictions(rb, r1, data)
     return results
+
+
+def _check_test_predictions(rb, r1, data) -> None:
+    """Batched member's final test predictions: every test row, in order, the plain run's final model's."""
+    with torch.no_grad():
+        plain_pred = r1.model.eval()(data.x_test).argmax(-1).numpy()
+    assert rb.test_pred.dtype == np.int64 and rb.test_pred.shape == (len(data.x_test),)
+    np.testing.assert_array_equal(rb.test_pred, plain_pred)
+    np.testing.assert_array_equal(rb.test_true, data.y_test.numpy())
+    if r1.test_pred is not None:  # the plain loop's own record of them
+        np.testing.assert_array_equal(rb.test_pred, r1.test_pred)
+        np.testing.assert_array_equal(rb.test_true, r1.test_true)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -143,10 +158,46 @@ def test_can_batch_rules():
         batched.train_batched([{"name": "mlp"}, {"name": "logistic"}], [0, 1], None, cfg)
 
 
+def test_can_batch_accepts_only_the_knobs_the_stacked_path_implements():
+    """An allow-list: a knob or value the stacked path does not implement falls back to one at a time
+    (with the reason) instead of being silently ignored by the stack."""
+    paper = {"name": "cnn", "channels": 25, "depth": 3, "kernel_sizes": None, "stride": 2, "padding": 1,
+             "activation": "relu"}
+    assert batched.can_batch([paper, {**paper, "channels": 4}], {**train.TRAIN_DEFAULTS}) == (True, "")
+    assert batched.can_batch([{**paper, "pool": "none", "pool_size": 2}] * 2, {})[0]
+    for extra in ({"pool": "max"}, {"dropout": 0.1}, {"activation": "softplus"}, {"activation": "sigmoid"},
+                  {"activation": "learned"}):
+        ok, reason = batched.can_batch([{**paper, **extra}] * 2, {})
+        assert not ok and f"model.{next(iter(extra))}" in reason, (extra, reason)
+    mlp = _member_cfgs("mlp", [10, 20], depth=2, residual=False, activation="gelu")
+    assert batched.can_batch(mlp, {})[0]
+    assert not batched.can_batch([{**c, "norm": "layer"} for c in mlp], {})[0]
+    assert not batched.can_batch([{"name": "logistic", "bias": False}] * 2, {})[0]
+    for train_cfg in ({"optimizer": "adamw"}, {"loss": "hinge"}, {"batch_order": "stratified"}, {"grad_clip": 1.0}):
+        ok, reason = batched.can_batch(mlp, train_cfg)
+        assert not ok and f"train.{next(iter(train_cfg))}" in reason, (train_cfg, reason)
+    assert set(batched.TRAIN_KEYS) == set(train.TRAIN_DEFAULTS)  # a new train knob: review it, then list it
+
+
+def test_plan_stacks_is_plan_groups_cut_for_stacks_side_by_side():
+    """The one planner (train_batched and the launcher's execute_groups): width buckets for the torch
+    threads a stack trains on, each cut into `side` interleaved parts that share the memory budget."""
+    widths = [2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61, 80, 104, 135, 177, 230, 300]  # the DD grid
+    cfgs = _member_cfgs("mlp", widths, residual=False)
+    two = plan.plan_stacks(cfgs, 4000, 100, "cpu", threads=2, budget_mb=2048, side=2)
+    buckets = plan.plan_groups(cfgs, 4000, 1024, 100, "cpu", threads=1)  # MLP stacks: one torch thread each
+    assert [s.members for s in two] == [part for g in buckets for part in plan.spread(g, 2)]
+    assert all(s.threads == 1 and s.cost == plan.stack_cost([cfgs[i] for i in s.members]) for s in two)
+    cnn = _member_cfgs("cnn", [4, 8, 60, 64])
+    one = plan.plan_stacks(cnn, 4000, 100, "cpu", threads=2)
+    assert [s.members for s in one] == plan.plan_groups(cnn, 4000, float("inf"), 100, "cpu", threads=2)
+    assert {s.threads for s in one} == {2} and plan.plan_stacks([], 4000, 100, "cpu", 2) == []
+
+
 def test_member_batches_draw_what_each_member_would_draw_alone():
     gens = lambda: [protocol.generator(s, "batch_order") for s in (3, 4)]  # noqa: E731
     alone = [protocol.batches(130, 50, "reshuffle", g) for g in gens()]  # short last batch: 130 = 2 * 50 + 30
-    stacked = batched._member_batches(130, 50, gens(), "cpu")
+    stacked = loop._member_batches(130, 50, gens(), "cpu")
     for _ in range(9):  # three epochs
         idx = next(stacked)
         assert torch.equal(idx, torch.stack([next(o) for o in alone]))
@@ -176,20 +227,20 @@ def test_cuda_graph_replays_train_exactly_as_the_eager_loop(random_data, name, o
 def test_plan_groups_respects_budget():
     cfgs = _member_cfgs("mlp", [1 + (7 * i) % 300 for i in range(64)])
     budget = 40.0
-    groups = stacks.plan_groups(cfgs, 4000, budget)
+    groups = plan.plan_groups(cfgs, 4000, budget)
     assert sorted(i for g in groups for i in g) == list(range(64))
     assert len(groups) > 1
     for g in groups:
-        assert len(g) == 1 or stacks.estimate_memory_mb([cfgs[i] for i in g], 4000) <= budget
+        assert len(g) == 1 or plan.estimate_memory_mb([cfgs[i] for i in g], 4000) <= budget
     widths = [[cfgs[i]["width"] for i in g] for g in groups]
     assert all(max(a) <= min(b) for a, b in zip(widths, widths[1:], strict=False))  # small widths batch together
     narrow = _member_cfgs("mlp", list(range(1, 33)))  # overhead-bound: one group when memory allows
-    assert stacks.plan_groups(narrow, 4000, 1e9) == [sorted(range(32), key=lambda i: narrow[i]["width"])]
+    assert plan.plan_groups(narrow, 4000, 1e9) == [sorted(range(32), key=lambda i: narrow[i]["width"])]
 
 
 def test_plan_groups_buckets_a_wide_width_range():
     widths = [2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61, 80, 104, 135, 177, 230, 300]  # the DD grid
-    groups = [[widths[i] for i in g] for g in stacks.plan_groups(_member_cfgs("mlp", widths), 4000, 1e9)]
+    groups = [[widths[i] for i in g] for g in plan.plan_groups(_member_cfgs("mlp", widths), 4000, 1e9)]
     assert 1 < len(groups) < len(widths)  # no padding of width 2 to 300, no one-at-a-time either
     assert groups[0][:3] == [2, 3, 4] and groups[-1][-1] == 300
 
@@ -199,19 +250,19 @@ def test_stacks_on_several_threads_pay_for_whole_rounds_of_threads():
     so the planner avoids odd stacks of wide CNNs there, and plans on 1 thread as it always did."""
     wide = _member_cfgs("cnn", [100] * 4)
     for k in (1, 3, 4):
-        assert stacks.thread_slots(k, 1) == k
-    assert [stacks.thread_slots(k, 2) for k in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 6]
-    assert stacks.stack_cost(wide[:3], threads=2) == stacks.stack_cost(wide, threads=2)
-    assert stacks.stack_cost(wide[:3], threads=1) < stacks.stack_cost(wide, threads=1)
+        assert plan.thread_slots(k, 1) == k
+    assert [plan.thread_slots(k, 2) for k in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 6]
+    assert plan.stack_cost(wide[:3], threads=2) == plan.stack_cost(wide, threads=2)
+    assert plan.stack_cost(wide[:3], threads=1) < plan.stack_cost(wide, threads=1)
     channels = [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, *range(35, 101, 5)]  # the DD grid
     cfgs = _member_cfgs("cnn", channels)
-    two = [[channels[i] for i in g] for g in stacks.plan_groups(cfgs, 4000, 2048, threads=2)]
-    one = [[channels[i] for i in g] for g in stacks.plan_groups(cfgs, 4000, 2048, threads=1)]
+    two = [[channels[i] for i in g] for g in plan.plan_groups(cfgs, 4000, 2048, threads=2)]
+    one = [[channels[i] for i in g] for g in plan.plan_groups(cfgs, 4000, 2048, threads=1)]
     assert all(len(g) % 2 == 0 for g in two if g[0] >= 35), two
     assert any(len(g) % 2 for g in one if g[0] >= 35), one  # the rounding, not the grid, makes them even
     assert sorted(c for g in two for c in g) == channels
-    assert stacks.stack_threads("mlp", 2) == 1 and stacks.stack_threads("cnn", 2) == 2  # MLP stacks: side by side
-    assert stacks.stack_threads("cnn", 2, "cuda") == 1
+    assert plan.stack_threads("mlp", 2) == 1 and plan.stack_threads("cnn", 2) == 2  # MLP stacks: side by side
+    assert plan.stack_threads("cnn", 2, "cuda") == 1
 
 
 def test_plan_groups_keeps_a_gpu_group_whole_within_budget():
@@ -219,13 +270,13 @@ def test_plan_groups_keeps_a_gpu_group_whole_within_budget():
     mlp = _member_cfgs("mlp", [2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 47, 61, 80, 104, 135, 177, 230, 300])
     cnn = _member_cfgs("cnn", [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, *range(35, 101, 5)])
     for cfgs in (mlp, cnn):  # the double-descent grids, under the batched launcher's default budget
-        assert len(stacks.plan_groups(cfgs, 4000, 2048, device="cpu")) > 1
-        assert len(stacks.plan_groups(cfgs, 4000, 2048, device="cuda")) == 1
-    budget = stacks.estimate_memory_mb(cnn, 4000) / 2
-    groups = stacks.plan_groups(cnn, 4000, budget, device="cuda:0")
-    assert len(groups) >= 2 and all(stacks.estimate_memory_mb([cnn[i] for i in g], 4000) <= budget for g in groups)
+        assert len(plan.plan_groups(cfgs, 4000, 2048, device="cpu")) > 1
+        assert len(plan.plan_groups(cfgs, 4000, 2048, device="cuda")) == 1
+    budget = plan.estimate_memory_mb(cnn, 4000) / 2
+    groups = plan.plan_groups(cnn, 4000, budget, device="cuda:0")
+    assert len(groups) >= 2 and all(plan.estimate_memory_mb([cnn[i] for i in g], 4000) <= budget for g in groups)
     # the ETA's cost of a GPU stack (CUDA graphs): the CNN grid ~5x the MLP grid, as measured on an H100
-    ratio = stacks.stack_cost(cnn, "cuda") / stacks.stack_cost(mlp, "cuda")
+    ratio = plan.stack_cost(cnn, "cuda") / plan.stack_cost(mlp, "cuda")
     assert 3 < ratio < 8
 
 
@@ -241,7 +292,7 @@ def test_memory_budget_splits_but_keeps_results(random_data):
 def test_wide_width_range_is_split_without_a_budget(random_data):
     cfg = {"steps": 10, "eval_every": 5, "batch_size": 50}
     cfgs, seeds = _member_cfgs("mlp", [2, 300, 3]), [0, 1, 2]
-    assert len(stacks.plan_groups(cfgs, len(random_data.x), float("inf"))) == 2
+    assert len(plan.plan_groups(cfgs, len(random_data.x), float("inf"))) == 2
     split = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False)
     calls = []
     one = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False,  # a hook: one stack
@@ -256,12 +307,12 @@ def test_large_stacks_train_as_parts_side_by_side_with_the_same_results(random_d
     every member's curve equals the one-stack run (float64)."""
     cfg = {"steps": 12, "eval_every": 4, "batch_size": 50}
     cfgs, seeds = _member_cfgs("mlp", [4 + (k % 5) for k in range(16)]), list(range(16))
-    assert stacks.spread(list(range(16)), 2) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
-    assert stacks.spread(list(range(3)), 2) == [[0, 1, 2]]  # parts would be < MIN_SPLIT: one stack
-    assert stacks.spread(list(range(9)), 1) == [list(range(9))]  # one torch thread: one stack
+    assert plan.spread(list(range(16)), 2) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
+    assert plan.spread(list(range(3)), 2) == [[0, 1, 2]]  # parts would be < MIN_SPLIT: one stack
+    assert plan.spread(list(range(9)), 1) == [list(range(9))]  # one torch thread: one stack
     seen = []
-    inner = batched._train_group
-    monkeypatch.setattr(batched, "_train_group", lambda c, s, *a: seen.append(len(s)) or inner(c, s, *a))
+    inner = loop._train_group
+    monkeypatch.setattr(loop, "_train_group", lambda c, s, *a: seen.append(len(s)) or inner(c, s, *a))
     one = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False)
     torch.set_num_threads(2)
     two = batched.train_batched(cfgs, seeds, _double(random_data), cfg, progress=False)
@@ -290,7 +341,7 @@ def test_stacked_head_is_the_plain_product_with_first_and_second_derivatives():
     ("cnn", [4, 2], {"depth": 4, "activation": "elu"}),
 ])
 def test_hand_grads_equal_autograd_float64(name, widths, extra, shared, loss):
-    """StackedModel.hand_grads (stacked_ops, the CPU training step) against autograd on the same stack."""
+    """StackedModel.hand_grads (batched/ops.py, the CPU training step) against autograd on the same stack."""
     cfgs, K, B = _member_cfgs(name, widths, **extra), len(widths), 30
     g = torch.Generator().manual_seed(1)
     x = torch.randn(*(() if shared else (K,)), B, 40, generator=g, dtype=torch.float64)
@@ -322,10 +373,42 @@ def test_stacked_evaluation_equals_member_by_member_float64(name, widths, shared
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype) * (p != 0))  # padding stays zero
     splits = {"train": (x, y), "test": (x[..., :20, :], y[:, :20])}
-    stacked = torch.cat([batched._evaluate(model, xs, ys, "cross_entropy", chunk=7) for xs, ys in splits.values()], 1)
-    members = torch.stack([batched._evaluate_member(model, k, splits, "cross_entropy") for k in range(K)])
+    stacked = torch.cat([loop._evaluate(model, xs, ys, "cross_entropy", chunk=7) for xs, ys in splits.values()], 1)
+    members = torch.stack([loop._evaluate_member(model, k, splits, "cross_entropy") for k in range(K)])
     torch.testing.assert_close(stacked, members, rtol=1e-12, atol=1e-14)
     assert len(set(members[:, 0].tolist())) == K  # members differ: a mix-up of members would fail
     for k in range(K):  # member_model is member k at its own width, holding the stack's weights
         assert models.count_parameters(model.member_model(k)) == models.count_parameters(
             models.build_model(cfgs[k], 0))
+
+
+def test_only_batchable_experiments_are_stacked_the_others_run_through_the_runner(tmp_path, monkeypatch):
+    """execute_groups (hydra/launcher=batched) stacks the jobs of experiments that declare BATCHABLE = True;
+    any other experiment's jobs run one by one through runner.execute, i.e. the experiment's own run."""
+    from helpers import TINY, compose_cfg
+
+    from mnist1d_lab import runner
+    from mnist1d_lab.batched import schedule
+    from mnist1d_lab.experiments import train as train_exp
+
+    stacked, alone = [], []
+    real_batched, real_execute = batched.train_batched, runner.execute
+    monkeypatch.setattr(batched, "train_batched", lambda *a, **k: stacked.append(len(a[0])) or real_batched(*a, **k))
+    monkeypatch.setattr(runner, "execute", lambda cfg, out_dir, *a, **k: alone.append(out_dir) or real_execute(
+        cfg, out_dir, *a, **k))
+
+    def jobs(root):
+        cfgs = [compose_cfg(*TINY, "model=mlp", f"model.width={w}", f"paths.output_dir={root}",
+                            f"data.cache_dir={tmp_path / 'cache'}") for w in (4, 8)]
+        return cfgs, [root / "4", root / "8"]
+
+    cfgs, dirs = jobs(tmp_path / "stacked")
+    assert schedule.group_key(cfgs[0]) == schedule.group_key(cfgs[1]) is not None
+    assert [s["status"] for s in schedule.execute_groups([(cfgs, dirs)])[0]] == ["complete"] * 2
+    assert stacked == [2] and alone == []
+    monkeypatch.setattr(train_exp, "BATCHABLE", False)
+    stacked.clear()
+    cfgs, dirs = jobs(tmp_path / "alone")
+    assert schedule.group_key(cfgs[0]) is None and schedule.single_cost(cfgs[0]) is None
+    assert [s["status"] for s in schedule.execute_groups([(cfgs, dirs)])[0]] == ["complete"] * 2
+    assert stacked == [] and alone == dirs

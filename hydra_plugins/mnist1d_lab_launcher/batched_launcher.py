@@ -2,11 +2,13 @@
 
     python -m mnist1d_lab -m hydra/launcher=batched model=mlp model.width='range(1,200)' seed=0,1
 
-Jobs are grouped by `runner.group_key` (the resolved config without seed and width/channels); each
-group trains as one stacked model (`mnist1d_lab.batched`), chunked to `memory_budget_mb`. Every job
+Jobs of experiments that declare `BATCHABLE = True` (train, benchmark, double_descent) are grouped by
+`mnist1d_lab.batched.schedule.group_key` (the resolved config without seed and width/channels); each
+group trains as stacked models (`mnist1d_lab.batched`), planned within `memory_budget_mb`. Every job
 still gets its own Hydra job folder (.hydra/ files, callbacks) and its own record, identical in form
-to the basic launcher's, so `collect` cannot tell the difference. Groups that cannot batch (the GRU,
-or a single job) run one job at a time. Finished jobs are skipped member by member.
+to the basic launcher's, so `collect` cannot tell the difference. Groups that cannot batch (the GRU, a
+knob the stacked path does not implement, a single job) and every job of any other experiment run one
+at a time, through the experiment's own run. Finished jobs are skipped member by member.
 """
 
 import logging
@@ -61,7 +63,8 @@ class BatchedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
                job_nums: Sequence[int] | None = None) -> Sequence[JobReturn]:
-        from mnist1d_lab import callbacks, runner
+        from mnist1d_lab import callbacks
+        from mnist1d_lab.batched import schedule
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -70,12 +73,12 @@ class BatchedLauncher(Launcher):
         configs = [self._job_config(o, num) for o, num in zip(job_overrides, nums, strict=True)]
         groups: dict[str, list[int]] = {}
         for i, cfg in enumerate(configs):
-            task = _task_part(cfg)
-            groups.setdefault(runner.group_key(task), []).append(i)
+            key = schedule.group_key(_task_part(cfg))  # None: the job trains alone (not a batchable experiment)
+            groups.setdefault(key if key is not None else f"alone {i}", []).append(i)
         log.info("Batched launcher: %d jobs in %d groups", len(configs), len(groups))
         fused = [members for members in groups.values() if len(members) > 1]  # a lone job: task function
         returns: list[JobReturn | None] = [None] * len(configs)
-        lone = {configs[i].hydra.job.num: runner.single_cost(_task_part(configs[i]))
+        lone = {configs[i].hydra.job.num: schedule.single_cost(_task_part(configs[i]))
                 for members in groups.values() if len(members) == 1 for i in members}
         if None not in lone.values():  # the ETA's plan (execute_groups adds the stacked jobs)
             callbacks.plan_jobs(Path(str(self.config.hydra.sweep.dir)), [{num: c} for num, c in lone.items()])
@@ -95,7 +98,8 @@ class BatchedLauncher(Launcher):
     def _train_groups(self, groups: list[list[DictConfig]], done) -> list[list[dict]]:
         """Train the groups (stacks of several groups may run side by side), writing each record into
         the job folder Hydra will use; done(group, member, summary) as each stack finishes."""
-        from mnist1d_lab import callbacks, runner
+        from mnist1d_lab import callbacks
+        from mnist1d_lab.batched import schedule
 
         if not groups:
             return []
@@ -108,7 +112,7 @@ class BatchedLauncher(Launcher):
                                 [{groups[g][i].hydra.job.num: c for (g, i), c in s.items()} for s in stacks])
 
         try:
-            return runner.execute_groups(jobs, memory_budget_mb=self.memory_budget_mb, done=done,
+            return schedule.execute_groups(jobs, memory_budget_mb=self.memory_budget_mb, done=done,
                                          side_by_side=self.side_by_side, planned=planned)
         except ConfigError as exc:  # bad input: one line, exit 2, as the single-job path does
             print(f"mnist1d_lab: error: {exc}", file=sys.stderr)

@@ -20,6 +20,8 @@ from .. import records
 from ..plots import STYLE, mean_std, save_figure
 from .train import run  # noqa: F401  (each job is a plain training run)
 
+BATCHABLE = True  # its jobs may be trained stacked by hydra/launcher=batched
+
 PAPER = {  # test accuracy %, paper Table 1 (normal, shuffled)
     "logistic": (32, 32), "mlp": (68, 68), "cnn": (94, 56), "gru": (91, 57)}
 ORIGINAL_CODE = {  # the original notebook's printed final accuracies (mnist1d-classification.ipynb)

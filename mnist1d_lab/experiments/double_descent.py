@@ -33,6 +33,8 @@ from ..plots import STYLE, save_figure
 from .benchmark import to_markdown
 from .train import run  # noqa: F401  (each job is a plain training run)
 
+BATCHABLE = True  # its jobs may be trained stacked by hydra/launcher=batched
+
 K = 10  # classes
 SIZE_KEY = {"mlp": "model.width", "cnn": "model.channels"}  # the swept knob of each model family
 SETTING = ["model.name", "train.loss", "train.label_noise", "train.label_noise_mode", "n_train"]

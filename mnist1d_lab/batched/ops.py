@@ -1,8 +1,8 @@
 """The training step of K stacked members by hand: forward and backward without autograd's engine.
 
-`batched_models.StackedModel.hand_grads` uses these on CPU: for the output layer and loss of every
+`models.StackedModel.hand_grads` uses these on CPU: for the output layer and loss of every
 stack, and for all layers of ReLU MLPs and ReLU CNNs (the paper's models). A stacked step of small
-models on a CPU spends much of its time around the matrix products (docs/batched.md, "Ninth session"),
+models on a CPU spends much of its time around the matrix products (docs/batched.md),
 and autograd's graph of the same maths spends some of it in avoidable places:
 
 * the loss works on (K, B, C) logits, whose reductions over the C = 10 classes run as short inner loops
@@ -25,9 +25,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import models
-from .errors import ConfigError
-from .protocol import LOSSES
+from .. import models as plain
+from ..errors import ConfigError
+from ..protocol import LOSSES
 
 
 def member_losses(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ class StackedHead(torch.autograd.Function):
     """The output layer of K members: h (K, B, F) @ w (K, C, F)^T + b (K, C) -> logits (K, B, C).
 
     Every product is laid out with the C = 10 classes as the short *row* count, never as the column
-    count: MKL's batched gemm with 10 output columns ran at ~6 GFLOP/s here (32 x (100x100 @ 100x10)
+    count: MKL's batched gemm with 10 output columns ran at ~6 GFLOP/s on a 2-core CPU (32 x (100x100 @ 100x10)
     took 1.09 ms, as long as 32 x (100x100 @ 100x100)), the same product as (10 x 100) @ (100 x 100)
     0.24 ms. So logits = (w @ h^T)^T, dw = g^T @ h, dh = g @ w (contiguous, as the ReLU backward after
     it wants; autograd's own backward of that forward hands it a transposed gradient, which made the
@@ -167,7 +167,7 @@ def relu_cnn_forward(x: torch.Tensor, conv_args: Sequence[tuple[int, int]], cw: 
     saved = [(pm, h)]
     for (stride, pad), w, b in zip(conv_args[1:], cw[1:], cb[1:], strict=True):
         ks = w.shape[1]
-        pm = models.im2col(h, ks, stride, pad)  # (K, B, L_out, ks, P)
+        pm = plain.im2col(h, ks, stride, pad)  # (K, B, L_out, ks, P)
         L_out = pm.shape[2]
         pm = pm.view(K, B * L_out, ks * P)
         h = torch.baddbmm(b.unsqueeze(1), pm, w.view(K, ks * P, P)).relu_().view(K, B, L_out, P)
@@ -191,7 +191,7 @@ def relu_cnn_backward(x: torch.Tensor, conv_args: Sequence[tuple[int, int]], cw:
         da = torch.ops.aten.threshold_backward(g, h, 0).reshape(K, -1, P)  # (K, B*L_out, P)
         dws[i], dbs[i] = torch.bmm(pm.transpose(1, 2), da).view(w.shape), da.sum(1)
         dpatches = torch.bmm(da, w.view(K, ks * P, P).transpose(1, 2)).view(*h.shape[:3], ks, P)
-        g = models.col2im(dpatches, saved[i - 1][1].shape[2], ks, stride, pad)  # (K, B, L_in, P)
+        g = plain.col2im(dpatches, saved[i - 1][1].shape[2], ks, stride, pad)  # (K, B, L_in, P)
     pm, h = saved[0]
     da = torch.ops.aten.threshold_backward(g, h, 0)  # (K, B, L1, P)
     if x.dim() == 2:  # patches (B*L1, k0): dw0 = pm^T @ da as (B*L1, K*P)

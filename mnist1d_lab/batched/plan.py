@@ -1,5 +1,8 @@
-"""Which members train together, and how stacks share the cores (for `batched.py` and the runner).
+"""Which members train together, and how stacks share the cores: the one planner of the batched path
+(`train_batched` and the launcher's `schedule.execute_groups` both plan with `plan_stacks`).
 
+* `plan_stacks`: a group's members (same family, same knobs but width) as the stacks to train, each
+  with the torch threads it trains on and its estimated cost per step.
 * A cost model (`stack_cost`: forward multiply-adds and activations per example at the padded width,
   for the members rounded up to a multiple of the stack's torch threads, plus a fixed per-step overhead)
   and a memory estimate (`estimate_memory_mb`) per stack.
@@ -16,10 +19,11 @@ import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 
 import torch
 
-from .batched_models import _width, stacked_num_params
+from .models import member_width, stacked_num_params
 
 EVAL_ELEMS = 8_000_000  # activation elements per evaluation chunk (about 32 MB in float32)
 
@@ -50,7 +54,7 @@ def estimate_memory_mb(model_cfgs: Sequence[Mapping], n_train: int, batch_size: 
                        dtype_bytes: int = 4) -> float:
     """Estimated peak MB of one stack: params + grads + 2 Adam moments, batch and eval activations, labels."""
     first = model_cfgs[0]
-    return _memory_mb(first["name"], len(model_cfgs), max(_width(c) for c in model_cfgs), _depth(first),
+    return _memory_mb(first["name"], len(model_cfgs), max(member_width(c) for c in model_cfgs), _depth(first),
                       n_train, batch_size, dtype_bytes)
 
 
@@ -59,7 +63,7 @@ def estimate_memory_mb(model_cfgs: Sequence[Mapping], n_train: int, batch_size: 
 GROUP_OVERHEAD = 150_000
 # The same on two or more torch threads, where every op also starts and joins a parallel region; with
 # ACT_WEIGHT and the thread rounding in stack_cost it picks the double-descent CNN stacks that trained
-# fastest on 2 threads (docs/batched.md, "Twelfth session").
+# fastest on 2 threads (docs/batched.md).
 GROUP_OVERHEAD_THREADS = 350_000
 # Elementwise passes (bias, ReLU and its backward, im2col, optimiser) scale with the activations a member
 # keeps, not with its multiply-adds: cost units per activation element (act_per_example). It matters for
@@ -79,7 +83,7 @@ GPU_STEP_OVERHEAD = 8e5
 
 def _flops_per_example(cfg: Mapping, input_len: int = 40) -> float:
     """Forward multiply-adds per example of one member at its own width (a cost model, not a count)."""
-    name, w = cfg["name"], _width(cfg)
+    name, w = cfg["name"], member_width(cfg)
     if name == "logistic":
         return 10 * input_len
     if name == "mlp":
@@ -95,7 +99,7 @@ def on_cpu(device: str | torch.device) -> bool:
 def _member_cost(cfg: Mapping, cpu: bool) -> float:
     """One member's share of a step (cost units): multiply-adds, plus weighted activations on CPU."""
     flops = _flops_per_example(cfg)
-    return flops + ACT_WEIGHT * act_per_example(cfg["name"], _width(cfg), _depth(cfg)) if cpu else flops
+    return flops + ACT_WEIGHT * act_per_example(cfg["name"], member_width(cfg), _depth(cfg)) if cpu else flops
 
 
 def _cpu_overhead(threads: int) -> float:
@@ -154,7 +158,7 @@ def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
     cpu_side = on_cpu(device)
     overhead = _cpu_overhead(threads) if cpu_side else GPU_GROUP_OVERHEAD
     slots = functools.partial(thread_slots, threads=threads if cpu_side else 1)
-    order = sorted(range(len(model_cfgs)), key=lambda i: _width(model_cfgs[i]))
+    order = sorted(range(len(model_cfgs)), key=lambda i: member_width(model_cfgs[i]))
     if not order:
         return []
     cost = [_member_cost(model_cfgs[i], cpu_side) for i in order]
@@ -162,7 +166,7 @@ def plan_groups(model_cfgs: Sequence[Mapping], n_train: int, budget_mb: float,
     n = len(order)
     best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
     for j in range(1, n + 1):  # best[j]: cheapest plan for the j narrowest members
-        width = _width(model_cfgs[order[j - 1]])
+        width = member_width(model_cfgs[order[j - 1]])
         for i in range(j - 1, -1, -1):  # the last group is order[i:j], padded to order[j-1]'s width
             if j - i > 1 and _memory_mb(name, j - i, width, depth, n_train, batch_size) > budget_mb:
                 break  # a single member always gets a group, even over budget
@@ -208,7 +212,7 @@ def spread(group: list[int], workers: int) -> list[list[int]]:
     MIN_SPLIT members, to be trained side by side in Python threads with one torch thread each.
 
     Why: MKL's bmm at these shapes (e.g. 32 x (100 x 100 @ 100 x 100)) gains nothing from a second
-    thread here, so one stack on two torch threads leaves a core mostly idle. On 2 cores, two parts in
+    thread on a 2-core CPU, so one stack on two torch threads leaves a core mostly idle. On 2 cores, two parts in
     two Python threads (ops release the GIL) trained 32 paper MLPs ~10 % faster and 32 CNNs 1 % and
     21 % faster (two repeats). Small stacks are left whole (MIN_SPLIT): in a double-descent re-run
     with parts of 2-5 CNNs, those stacks were not faster (176-320 s against 166-283 s whole).
@@ -218,3 +222,29 @@ def spread(group: list[int], workers: int) -> list[list[int]]:
     """
     n = max(1, min(workers, len(group) // MIN_SPLIT))
     return [list(group[i::n]) for i in range(n)]
+
+
+@dataclass
+class Stack:
+    """One planned stack: its members (indices into the planned configs), the torch threads it trains on,
+    its estimated time per step (stack_cost)."""
+    members: list[int]
+    threads: int
+    cost: float
+
+
+def plan_stacks(model_cfgs: Sequence[Mapping], n_train: int, batch_size: int, device: str | torch.device,
+                threads: int, budget_mb: float = math.inf, side: int = 1) -> list[Stack]:
+    """The stacks to train a group of members (one family, equal knobs but width) as, narrowest first.
+
+    `threads`: the torch threads available; `side`: stacks of this group that will train at once
+    (side_by_side), which share `budget_mb`. Each stack trains on stack_threads(...) torch threads; the
+    members are cut into width buckets by plan_groups, and each bucket into `side` interleaved parts
+    (spread) when stacks train side by side.
+    """
+    if not model_cfgs:
+        return []
+    per_stack = stack_threads(model_cfgs[0]["name"], threads, device)  # 1 where stacks train side by side
+    groups = plan_groups(model_cfgs, n_train, budget_mb / side, batch_size, device, per_stack)
+    return [Stack(members, per_stack, stack_cost([model_cfgs[i] for i in members], device, per_stack))
+            for group in groups for members in spread(group, side)]

@@ -1,26 +1,29 @@
 """Many models in one program: train K members with the same inputs and records as K runs of train.train.
 
-Members may differ in `seed` and in width (MLP `width`, CNN `channels`); everything else must match
-(`can_batch` says why not). Member k is built exactly as models.build_model(model_cfgs[k], seeds[k]),
-copied into stacked, zero-padded parameters (`batched_models.StackedModel`, whose docstring explains why
-padding is exact), and gets the same prepared data (protocol.prepare_data: val split, train_size, label
-noise from its own seed), the same batch order (sequential: one shared order; reshuffle: its own
-permutations from protocol.generator(seed_k, "batch_order"), gathered into a (K, B, L) batch), the same
-optimiser (train.make_optimizer over the stacked tensors; Adam and SGD are elementwise, so per member)
-and the same evaluation points and records. The loss is the SUM over members of each member's mean loss.
+Members may differ in `seed` and in width (MLP `width`, CNN `channels`); everything else must match, and
+every model and training knob must be one the stacked path implements (`can_batch` says why not).
+Member k is built exactly as models.build_model(model_cfgs[k], seeds[k]), copied into stacked,
+zero-padded parameters (`StackedModel`, batched/models.py, whose docstring explains why padding is
+exact), and gets the same prepared data (protocol.prepare_data: val split, train_size, label noise from
+its own seed), the same batch order (sequential: one shared order; reshuffle: its own permutations from
+protocol.generator(seed_k, "batch_order"), gathered into a (K, B, L) batch), the same optimiser
+(train.make_optimizer over the stacked tensors; Adam and SGD are elementwise, so per member), the same
+evaluation points and records, and the same final test predictions (`test_pred`, `test_true`). The loss
+is the SUM over members of each member's mean loss.
 
-Speed (speed-notes.md §4): on CPU each step's gradients are computed by hand (StackedModel.hand_grads,
-stacked_ops.py: the same maths as autograd, without its engine); layers are bmm (a shared batch is
-broadcast to the K members without a copy; the CNN's first conv on a shared batch is one im2col mm;
-later convs im2col patches + bmm), Adam is fused, denormals are flushed, and there is no host sync
-between evaluations. Evaluation on CPU runs member by member through train.evaluate, as train.train
-evaluates its model (0-25 % faster here than one stacked pass); on a GPU all members at once over chunks
-of rows. Members of very different widths run as a few width buckets (stacks.plan_groups).
+Speed: on CPU each step's gradients are computed by hand (StackedModel.hand_grads, batched/ops.py: the
+same maths as autograd, without its engine); layers are bmm (a shared batch is broadcast to the K
+members without a copy; the CNN's first conv on a shared batch is one im2col mm; later convs im2col
+patches + bmm), Adam is fused, denormals are flushed, and there is no host sync between evaluations.
+Evaluation on CPU runs member by member through train.evaluate, as train.train evaluates its model
+(0-25 % faster on a 2-core CPU than one stacked pass); on a GPU all members at once over chunks of rows.
+Members of very different widths run as a few width buckets (plan.plan_stacks).
 
 Falls back (can_batch -> False): the GRU (aten's GRU kernel has no stacked form; run it one at a time),
-mixed families or any model knob other than width/channels differing, and unknown train keys (they
-might couple members). Divergence: as in train.train, a member whose full-train loss is non-finite at an
-evaluation stops there (diverged=True); NaNs never leave a member's block, and the member is then
+mixed families or any model knob other than width/channels differing, a model knob or value outside
+models.MODEL_KEYS, and a train knob or value outside TRAIN_KEYS (a new knob might couple members or
+need its own stacked form). Divergence: as in train.train, a member whose full-train loss is non-finite
+at an evaluation stops there (diverged=True); NaNs never leave a member's block, and the member is then
 zeroed and frozen while the others go on.
 """
 
@@ -31,33 +34,49 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cpu, models, optim, protocol
-from .batched_models import BATCHABLE, WIDTH_KEY, StackedModel
-from .errors import ConfigError
-from .stacked_ops import member_losses
-from .stacks import (
-    EVAL_ELEMS,
-    MAX_WORKERS,
-    act_per_example,
-    on_cpu,
-    plan_groups,
-    run_side_by_side,
-    spread,
-    stack_threads,
+from .. import cpu, optim, protocol
+from ..errors import ConfigError
+from ..models import count_parameters, model_kwargs
+from ..train import (
+    TRAIN_DEFAULTS,
+    GraphedUpdate,
+    can_graph,
+    evaluate,
+    make_optimizer,
+    predict,
+    validate_train,
 )
-from .train import TRAIN_DEFAULTS, GraphedUpdate, can_graph, evaluate, make_optimizer, validate_train
+from .models import WIDTH_KEY, StackedModel, unsupported
+from .ops import member_losses
+from .plan import EVAL_ELEMS, MAX_WORKERS, act_per_example, on_cpu, plan_stacks, run_side_by_side, spread
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[int, StackedModel, optim.Optimizer], None]
 
+_ANY = None
+# Every train knob the stacked loop implements, with the values it implements (_ANY: whatever
+# train.validate_train accepts). A knob not listed here (one added to train.TRAIN_DEFAULTS later) or
+# another value makes can_batch refuse, so the job trains one at a time instead of the knob being ignored.
+TRAIN_KEYS: dict[str, tuple | None] = {
+    "optimizer": ("adam", "sgd"),  # elementwise: each member's update is its own
+    "lr": _ANY, "momentum": _ANY, "weight_decay": _ANY,
+    "loss": ("cross_entropy", "mse"),  # ops.member_losses and ops.head_loss_* implement these
+    "batch_size": _ANY, "steps": _ANY, "epochs": _ANY,
+    "batch_order": ("sequential", "reshuffle"),
+    "eval_every": _ANY,
+    "label_noise": _ANY, "label_noise_mode": _ANY, "label_noise_seed": _ANY,  # protocol.prepare_data, shared
+    "train_size": _ANY, "val_split": _ANY,
+}
+
 
 def batch_key(model_cfg: Mapping) -> tuple:
     """Hashable key: members whose keys are equal (and same train cfg) can share one stack."""
-    cfg = models.model_kwargs(model_cfg)
+    cfg = model_kwargs(model_cfg)
     cfg.pop(WIDTH_KEY.get(model_cfg["name"], ""), None)
     return (model_cfg["name"], tuple(sorted((k, repr(v)) for k, v in cfg.items())))
 
@@ -66,18 +85,22 @@ def can_batch(model_cfgs: Sequence[Mapping], cfg: Mapping) -> tuple[bool, str]:
     """(True, "") if these members can train as one stack under train cfg `cfg`, else (False, reason)."""
     if not model_cfgs:
         return False, "no members"
-    name = model_cfgs[0].get("name")
-    if name not in BATCHABLE:
-        return False, f"model {name!r} is not batched (batchable: {list(BATCHABLE)}); run it one at a time"
+    for model_cfg in model_cfgs:
+        reason = unsupported(model_cfg)
+        if reason:
+            return False, reason
     try:
         keys = {batch_key(c) for c in model_cfgs}
     except ConfigError as err:
         return False, str(err)
     if len(keys) > 1:
+        name = model_cfgs[0]["name"]
         return False, f"members differ in more than seed and {WIDTH_KEY.get(name, 'nothing')}: {sorted(keys)}"
-    unknown = set(cfg) - set(TRAIN_DEFAULTS)
-    if unknown:
-        return False, f"unknown train keys {sorted(unknown)} (they might couple members)"
+    for key, value in cfg.items():
+        if key not in TRAIN_KEYS:
+            return False, f"train.{key} is not implemented by the stacked loop (it might couple members)"
+        if TRAIN_KEYS[key] is not _ANY and value not in TRAIN_KEYS[key]:
+            return False, f"train.{key}={value!r} is not implemented by the stacked loop (one of {list(TRAIN_KEYS[key])})"
     return True, ""
 
 
@@ -116,12 +139,12 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
                   plan: bool = True, cuda_graphs: bool = True) -> list[protocol.TrainResult]:
     """Train member k = (model_cfgs[k], seeds[k]) as train.train would, all at once; one TrainResult each.
 
-    `hook(step, stacked_model, optimizer)` runs after every update. Members are split by
-    stacks.plan_groups (width buckets: padding width 1 to 64 costs more than a second stack) and the
-    groups run one after another; within `memory_budget_mb` if given. On CPU with several torch threads
-    and no hook, a stack of 2 * stacks.MIN_SPLIT or more members trains as parts side by side
-    (`stacks.spread`). With a hook and no budget they stay one stack, so the hook sees every member;
-    with `plan=False` too (the caller planned the stacks: `runner.execute_groups` writes records stack
+    `hook(step, stacked_model, optimizer)` runs after every update. Members are split into stacks by
+    plan.plan_stacks (width buckets: padding width 1 to 64 costs more than a second stack) and the
+    stacks run one after another; within `memory_budget_mb` if given. On CPU with several torch threads
+    and no hook, a stack of 2 * plan.MIN_SPLIT or more members trains as parts side by side
+    (`plan.spread`). With a hook and no budget they stay one stack, so the hook sees every member;
+    with `plan=False` too (the caller planned the stacks: `schedule.execute_groups` writes records stack
     by stack). `dtype` defaults to data.x's. On CUDA each stack's update is replayed as one CUDA graph
     (train.GraphedUpdate) when there is no hook and every batch is full; `cuda_graphs=False` keeps it eager.
     """
@@ -135,11 +158,12 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     n_train = protocol.split_sizes(cfg, len(data.x))[0]
     budget = math.inf if memory_budget_mb is None else memory_budget_mb
     where = device or data.x.device
-    threads = stack_threads(model_cfgs[0]["name"], torch.get_num_threads(), where)
-    groups = plan_groups(model_cfgs, n_train, budget, int(cfg["batch_size"]), where, threads) if plan else []
+    threads = torch.get_num_threads()
+    stacks = plan_stacks(model_cfgs, n_train, int(cfg["batch_size"]), where, threads, budget) if plan else []
+    groups = [s.members for s in stacks]
     if len(groups) <= 1 or (memory_budget_mb is None and hook is not None):
         groups = [list(range(len(model_cfgs)))]  # with a hook and no budget: one stack, the hook sees all
-    workers = 1 if hook is not None or not on_cpu(where) else min(torch.get_num_threads(), MAX_WORKERS)
+    workers = 1 if hook is not None or not on_cpu(where) else min(threads, MAX_WORKERS)
     results: list = [None] * len(model_cfgs)
 
     def run(group: list[int]) -> tuple[list[int], list]:
@@ -228,11 +252,14 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
     seconds = time.perf_counter() - start
 
     results = []
+    x_test, y_test = splits["test"]
     for k in range(K):
-        member = model.member_model(k).train()
+        member = model.member_model(k)
+        test_pred = predict(member, x_test if x_test.dim() == 2 else x_test[k])  # as train.train predicts
         summary = {**protocol.summarize_curves(columns, records[k]), **infos[k], "diverged": not alive[k],
-                   "num_params": models.count_parameters(member), "train_seconds": seconds / K}
-        results.append(protocol.TrainResult(columns=columns, rows=records[k], summary=summary, model=member))
+                   "num_params": count_parameters(member), "train_seconds": seconds / K}
+        results.append(protocol.TrainResult(columns=columns, rows=records[k], summary=summary, model=member.train(),
+                                            test_pred=test_pred, test_true=y_test[k].cpu().numpy().astype(np.int64)))
     log.info("trained %d members x %d steps in %.1f s", K, total, seconds)
     return results
 
@@ -266,6 +293,3 @@ def _freeze(model: StackedModel, optimizer: optim.Optimizer, k: int) -> None:
         tensors = [p] + [s for s in optimizer.state.get(p, {}).values() if torch.is_tensor(s) and s.shape == p.shape]
         for t in tensors:
             model.member_view(name, t, k).zero_()
-
-
-__all__ = ["batch_key", "can_batch", "stacked_update", "train_batched", "StackedModel"]

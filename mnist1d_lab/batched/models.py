@@ -1,12 +1,12 @@
-"""K models of one family as stacked, zero-padded parameters (logistic, MLP, CNN), for `batched.py`.
+"""K models of one family as stacked, zero-padded parameters (logistic, MLP, CNN), and what they implement.
 
-Member k of a `StackedModel` is exactly the model `models.build_model(cfgs[k], seeds[k])`: it is built
-that way, copied into the stacked tensors, and its weights are copied back out into that model by
-`member_model(k)`.
+Member k of a `StackedModel` is exactly the plain model `mnist1d_lab.models.build_model(cfgs[k],
+seeds[k])`: it is built that way, copied into the stacked tensors, and its weights are copied back out
+into that model by `member_model(k)`.
 
 Why zero padding is exact (members of different `width` / `channels`, padded to the largest, P):
   * A padded hidden unit j of member k has zero incoming weights and zero bias, so its pre-activation
-    is exactly 0, and act(0) = 0 for every activation in `models.ACTIVATIONS` (relu, tanh, gelu, elu,
+    is exactly 0, and act(0) = 0 for every activation in `ACT_FNS` (relu, tanh, gelu, elu,
     silu). With a residual layer h + act(W h) it stays 0 as well. Its outgoing weights are zero too,
     so the member's logits are those of its own-width model (adding exact zeros changes no sum).
   * Gradients: d(outgoing weight of j) = h_j * delta = 0; the back-propagated signal into j is
@@ -20,6 +20,8 @@ Why zero padding is exact (members of different `width` / `channels`, padded to 
   This holds up to floating-point summation order (bmm vs addmm): equal to ~1e-15 in float64; in
   float32 trajectories drift apart chaotically after ~100 Adam steps, as they do between thread counts.
   No masks are needed in the forward pass; `padding_masks()` exists for tests and weight decay checks.
+  MODEL_KEYS lists the model knobs and values StackedModel implements (activations with act(0) = 0
+  only); `can_batch` refuses the rest, which a stack would otherwise silently ignore.
 
 Layouts (K members, P = padded width or channels, L = input length, C = classes):
   logistic / first MLP layer: w (L, K, P), used as bmm with w.permute(1, 0, 2) on a per-member
@@ -33,45 +35,75 @@ Layouts (K members, P = padded width or channels, L = input length, C = classes)
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import models, stacked_ops
-from .stacked_ops import StackedHead
+from .. import models as plain
+from . import ops
+from .ops import StackedHead
 
-ACT_FNS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "elu": F.elu, "silu": F.silu}
-BATCHABLE = ("logistic", "mlp", "cnn")
+FAMILIES = ("logistic", "mlp", "cnn")  # the families StackedModel stacks (aten's GRU has no stacked form)
 WIDTH_KEY = {"mlp": "width", "cnn": "channels"}  # the one knob members may differ in (besides seed)
+# A member's width when its config leaves it unset: the plain constructor's default (MLP 100, CNN 25).
+WIDTH_DEFAULT = {name: inspect.signature(plain.MODELS[name]).parameters[key].default for name, key in WIDTH_KEY.items()}
+# The activations StackedModel implements, all with act(0) = 0 (so zero padding is exact; softplus or
+# sigmoid would make a padded unit's output nonzero).
+ACT_FNS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu, "elu": F.elu, "silu": F.silu}
+_ANY = None
+# Per family, every model knob StackedModel implements and the values it implements (_ANY: whatever the
+# plain model accepts). A knob not listed (a new one), or another value, is not stacked: can_batch says
+# why, and the job trains one at a time instead of having the knob silently ignored.
+MODEL_KEYS: dict[str, dict[str, tuple | None]] = {
+    "logistic": {"name": _ANY},
+    "mlp": {"name": _ANY, "width": _ANY, "depth": _ANY, "residual": _ANY, "activation": tuple(ACT_FNS)},
+    "cnn": {"name": _ANY, "channels": _ANY, "depth": _ANY, "kernel_sizes": _ANY, "stride": _ANY, "padding": _ANY,
+            "activation": tuple(ACT_FNS), "pool": ("none",), "pool_size": _ANY},  # pool_size: unused without a pool
+}
 
 
-def _width(cfg: Mapping) -> int:
-    """A member's width (MLP units / CNN channels) with the model's default if unset."""
+def unsupported(cfg: Mapping) -> str | None:
+    """Why StackedModel cannot stack a member of model config `cfg` (a knob or value outside MODEL_KEYS),
+    or None if it can."""
+    name = cfg.get("name")
+    if name not in MODEL_KEYS:
+        return f"model {name!r} is not batched (batchable: {list(FAMILIES)}); run it one at a time"
+    allowed = MODEL_KEYS[name]
+    for key, value in cfg.items():
+        if key not in allowed:
+            return f"model.{key} is not implemented by the stacked {name} (stacked knobs: {sorted(allowed)})"
+        if allowed[key] is not _ANY and value not in allowed[key]:
+            return f"model.{key}={value!r} is not implemented by the stacked {name} (one of {list(allowed[key])})"
+    return None
+
+
+def member_width(cfg: Mapping) -> int:
+    """A member's width (MLP units / CNN channels) with the model's default if unset; 0 for logistic."""
     name = cfg["name"]
     if name not in WIDTH_KEY:
         return 0
-    default = {"mlp": 100, "cnn": 25}[name]
-    return int(cfg.get(WIDTH_KEY[name]) or default)
+    return int(cfg.get(WIDTH_KEY[name]) or WIDTH_DEFAULT[name])
 
 
 class StackedModel(nn.Module):
     """K members of one family (logistic, mlp, cnn) as stacked, zero-padded parameters."""
 
-    hand_backward = True  # hand_grads on CPU (stacked_ops); False: every step through autograd (tests, A/B)
+    hand_backward = True  # hand_grads on CPU (ops.py); False: every step through autograd (tests, A/B)
 
     def __init__(self, cfgs: Sequence[Mapping], seeds: Sequence[int], input_len: int = 40,
                  num_classes: int = 10, dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         self.name = cfgs[0]["name"]
-        if self.name not in BATCHABLE:
-            raise ValueError(f"model {self.name!r} cannot be stacked; batchable: {BATCHABLE}")
+        if self.name not in FAMILIES:
+            raise ValueError(f"model {self.name!r} cannot be stacked; batchable: {FAMILIES}")
         self.cfgs, self.seeds = [dict(c) for c in cfgs], list(seeds)
         self.K, self.L, self.C = len(cfgs), input_len, num_classes
-        self.widths = [_width(c) for c in cfgs]
+        self.widths = [member_width(c) for c in cfgs]
         self.P = max(self.widths) if self.name != "logistic" else num_classes
-        small = [models.build_model(c, s, input_len, num_classes) for c, s in zip(cfgs, seeds, strict=True)]
+        small = [plain.build_model(c, s, input_len, num_classes) for c, s in zip(cfgs, seeds, strict=True)]
         self.act = ACT_FNS[small[0].act.__class__.__name__.lower()] if hasattr(small[0], "act") else None
         kw = {"dtype": dtype, "device": device}
         K, P, L, C = self.K, self.P, self.L, self.C
@@ -164,15 +196,15 @@ class StackedModel(nn.Module):
         return self.hand_backward and x.is_cpu and self.name != "logistic"
 
     def hand_grads(self, x: torch.Tensor, y: torch.Tensor, loss: str, weight: torch.Tensor) -> torch.Tensor:
-        """One training step's gradients without autograd where stacked_ops can: sets every parameter's
+        """One training step's gradients without autograd where ops.py can: sets every parameter's
         .grad to d/dp sum_k weight_k * mean_B loss_k and returns the (K,) mean losses (no graph).
 
         Head and loss always by hand; the hidden layers of ReLU MLPs and CNNs too; other activations'
         layers by autograd (features, then backward of dL/dfeatures)."""
         with torch.no_grad():
             h, body_backward = self._hand_body(x)
-            losses, state = stacked_ops.head_loss_forward(h, self.wo, self.bo, y, loss)
-            dh, self.wo.grad, self.bo.grad = stacked_ops.head_loss_backward(
+            losses, state = ops.head_loss_forward(h, self.wo, self.bo, y, loss)
+            dh, self.wo.grad, self.bo.grad = ops.head_loss_backward(
                 h, self.wo, y, loss, state, (weight / y.shape[1]).unsqueeze(1))
             body_backward(dh)
         return losses.mean(-1)
@@ -185,13 +217,13 @@ class StackedModel(nn.Module):
             return h.detach(), h.backward
         if self.name == "mlp":
             wb = [t for pair in zip(self.ws, self.bs, strict=True) for t in pair]
-            h, saved = stacked_ops.relu_mlp_forward(x, self.residual, self.w0, self.b0, wb)
+            h, saved = ops.relu_mlp_forward(x, self.residual, self.w0, self.b0, wb)
             params = [self.w0, self.b0, *wb]
-            backward = functools.partial(stacked_ops.relu_mlp_backward, x, self.residual, self.w0, wb, saved)
+            backward = functools.partial(ops.relu_mlp_backward, x, self.residual, self.w0, wb, saved)
         else:
-            h, saved = stacked_ops.relu_cnn_forward(x, self.conv_args, self.cw, self.cb)
+            h, saved = ops.relu_cnn_forward(x, self.conv_args, self.cw, self.cb)
             params = [*self.cw, *self.cb]
-            backward = functools.partial(stacked_ops.relu_cnn_backward, x, self.conv_args, self.cw, saved)
+            backward = functools.partial(ops.relu_cnn_backward, x, self.conv_args, self.cw, saved)
 
         def set_grads(dh: torch.Tensor) -> None:
             for p, g in zip(params, backward(dh), strict=True):
@@ -201,7 +233,7 @@ class StackedModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """What the output layer sees, (K, B, F) (for logistic: the logits). Evaluation and the autograd
-        path use it; the CPU training step of ReLU MLPs and CNNs does the same maths in stacked_ops
+        path use it; the CPU training step of ReLU MLPs and CNNs does the same maths in ops.py
         (hand_grads): a change here (masks applied in forward, say) must go there too, or set
         hand_backward = False for that model."""
         K = self.K
@@ -222,7 +254,7 @@ class StackedModel(nn.Module):
 
     def _features_cnn(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
         # Convolutions as patches + matmul, channels last: h (K, B, L_i, P). oneDNN's grouped conv
-        # (groups=K) was no faster than K separate convs; patches + bmm is ~2x faster here.
+        # (groups=K) was no faster than K separate convs; patches + bmm is ~2x faster (2-core CPU).
         K, P = self.K, self.P
         (stride, pad), k0 = self.conv_args[0], self.cw[0].shape[0]
         patches = F.pad(x, (pad, pad)).unfold(-1, k0, stride)  # (B, L1, k0) or (K, B, L1, k0)
@@ -237,7 +269,7 @@ class StackedModel(nn.Module):
         h = self.act(h)
         for (stride, pad), w, b in zip(self.conv_args[1:], self.cw[1:], self.cb[1:], strict=True):
             ks = w.shape[1]
-            patches = models.Im2col.apply(h, ks, stride, pad)  # (K, B, L_out, ks, P)
+            patches = plain.Im2col.apply(h, ks, stride, pad)  # (K, B, L_out, ks, P)
             L_out = patches.shape[2]
             h = torch.baddbmm(b.unsqueeze(1), patches.view(K, B * L_out, ks * P), w.view(K, ks * P, P))
             h = self.act(h.view(K, B, L_out, P))
