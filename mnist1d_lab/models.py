@@ -65,23 +65,45 @@ def conv_out_len(length: int, kernel: int, stride: int, padding: int) -> int:
     return (length + 2 * padding - kernel) // stride + 1
 
 
+POOLS = ("none", "max", "avg", "l2")  # model.pool: after each conv's activation, kernel = stride = pool_size
+
+
+def pool1d(h: torch.Tensor, pool: str, size: int) -> torch.Tensor:
+    """(B, C, L) -> (B, C, L // size): the original pooling notebook's max, average or L2 pooling
+    (l2 is exactly F.lp_pool1d(h, 2, size): sqrt of the sum of squares in each window)."""
+    if pool == "max":
+        return F.max_pool1d(h, size)
+    if pool == "avg":
+        return F.avg_pool1d(h, size)
+    if pool == "l2":
+        return F.lp_pool1d(h, 2, size)
+    return h
+
+
 class CNN(nn.Module):
     """`depth` Conv1d layers of `channels` channels (kernel 5 then 3s, stride 2, padding 1), then linear.
 
     With the defaults the lengths go 40 -> 19 -> 10 -> 5 and the head sees 5 * 25 = 125 features.
+    `pool` (none | max | avg | l2) pools each conv's activations over windows of `pool_size` (conv ->
+    act -> pool, as the original benchmark-pooling notebook's ConvPooling); `model=cnn_pool` is that model.
     """
 
     def __init__(self, channels: int = 25, depth: int = 3, kernel_sizes: list[int] | None = None,
-                 stride: int = 2, padding: int = 1, activation: str = "relu",
-                 input_len: int = 40, num_classes: int = 10):
+                 stride: int = 2, padding: int = 1, activation: str = "relu", pool: str = "none",
+                 pool_size: int = 2, input_len: int = 40, num_classes: int = 10):
         super().__init__()
         kernel_sizes = list(kernel_sizes or [5] + [3] * (depth - 1))
         if len(kernel_sizes) != depth:
             raise ConfigError("model.kernel_sizes", kernel_sizes, f"a list of length model.depth={depth}")
+        if pool not in POOLS:
+            raise ConfigError("model.pool", pool, f"one of {list(POOLS)}")
+        self.pool, self.pool_size = pool, pool_size
         layers, length, c_in = [], input_len, 1
         for k in kernel_sizes:
             layers.append(nn.Conv1d(c_in, channels, k, stride=stride, padding=padding))
             length, c_in = conv_out_len(length, k, stride, padding), channels
+            if pool != "none":
+                length //= pool_size
         if length < 1:
             raise ConfigError("model.depth", depth, f"few enough layers to keep length >= 1 (input {input_len})")
         self.convs = nn.ModuleList(layers)
@@ -92,7 +114,7 @@ class CNN(nn.Module):
         if not torch.is_grad_enabled():  # evaluation on thousands of rows: oneDNN's conv is faster there
             h = x.unsqueeze(1)  # (B, 1, L)
             for conv in self.convs:
-                h = self.act(conv(h))
+                h = pool1d(self.act(conv(h)), self.pool, self.pool_size)
             return self.out(h.flatten(1))  # (B, C * L_out) -> (B, 10)
         # Training: each conv as im2col + ONE matmul, channels last, with the Conv1d modules' own
         # parameters. oneDNN runs these tiny 1-D convs at ~15 GFLOP/s; this step is ~1.3x faster and
@@ -104,6 +126,8 @@ class CNN(nn.Module):
             B, L_out = patches.shape[:2]
             w = conv.weight.permute(0, 2, 1).reshape(conv.out_channels, -1).t()  # (k * C_in, C_out)
             h = self.act(torch.addmm(conv.bias, patches.reshape(B * L_out, -1), w)).view(B, L_out, -1)
+            if self.pool != "none":  # pool over positions: (B, L_out, C) -> (B, L_out // size, C)
+                h = pool1d(h.transpose(1, 2), self.pool, self.pool_size).transpose(1, 2)
         return self.out(h.transpose(1, 2).flatten(1))  # original (B, C, L_out) flatten -> (B, 10)
 
 
@@ -155,7 +179,7 @@ class GRU(nn.Module):
 MODELS: dict[str, type[nn.Module]] = {"logistic": Logistic, "mlp": MLP, "cnn": CNN, "gru": GRU}
 
 # Knobs that must be positive integers, per model (checked before any work).
-_POSITIVE_INT = {"mlp": ("width", "depth"), "cnn": ("channels", "depth", "stride"),
+_POSITIVE_INT = {"mlp": ("width", "depth"), "cnn": ("channels", "depth", "stride", "pool_size"),
                  "gru": ("hidden_size", "num_layers")}
 
 
@@ -165,6 +189,10 @@ def model_kwargs(cfg: Mapping) -> dict:
     if name not in MODELS:
         raise ConfigError("model.name", name, f"one of {sorted(MODELS)}")
     kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}
+    if name == "cnn":  # pool keys live in conf/model/cnn_pool.yaml only: model=cnn's config (and run key) lacks them
+        kwargs = {"pool": "none", "pool_size": 2, **kwargs}
+        if kwargs["pool"] not in POOLS:
+            raise ConfigError("model.pool", kwargs["pool"], f"one of {list(POOLS)}")
     for key in _POSITIVE_INT.get(name, ()):
         if key in kwargs and (isinstance(kwargs[key], bool) or not isinstance(kwargs[key], int) or kwargs[key] < 1):
             raise ConfigError(f"model.{key}", kwargs[key], "a positive integer")
