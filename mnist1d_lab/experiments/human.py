@@ -4,7 +4,7 @@ Question: how well does a person classify MNIST-1D examples (paper: 96 ± 1 %, a
 Command:  python -m mnist1d_lab experiment=human human.quiz_dir=<folder of human_q*.pkl>
           python -m mnist1d_lab experiment=human human.quiz_dir=<folder> data=frozen data.path=<mnist1d_data.pkl>
           python -m mnist1d_lab experiment=human          (no quiz files: the paper's numbers, labelled)
-CPU time: about a second.
+CPU time: a few seconds (most of it starting Python and loading the data).
 Expected: the original repository's five quiz files hold 400 unique answers (human_q1 = human_q2), 383
           right: 95.75 % (Wilson 95 % interval 93.3-97.3), beside the paper's 95.8. No shuffled quiz
           exists there; a folder of them is given as `human.shuffled_quiz_dir`.
