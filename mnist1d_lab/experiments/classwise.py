@@ -16,7 +16,8 @@ Outputs:  classwise.csv (per class and who: n, errors, error rate, share of the 
 Each job is a plain training run: the paper's CNN and protocol stopped at 3,000 steps (the original's
 "early-stopped" CNN, a length it chose from the test curve), seeds 0, 1, 2. `summarize` reads each run's
 final test predictions (artifacts/test_pred.npy) and compares them with the human on the quiz's test rows
-(matched as in experiment=human) and, for the CNN, on the whole test set.
+(matched as in experiment=human) and, for the CNN, on the whole test set. All runs of the sweep are
+pooled as replicates of one CNN: widen it with more seeds, not with other models or data.
 """
 
 from __future__ import annotations
