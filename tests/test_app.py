@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from helpers import TINY, compose_cfg, run_lab, summaries, sweep_dirs
 
-from mnist1d_lab import records, runner
+from mnist1d_lab import experiments, records, runner
 from mnist1d_lab.batched import schedule
 
 MODELS = ["logistic", "mlp", "cnn", "gru"]
@@ -27,8 +27,13 @@ def test_models_compose(model):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiments_compose(experiment):
     cfg = compose_cfg(f"experiment={experiment}")
-    assert cfg.experiment_name in ("benchmark", "double_descent")
+    assert cfg.experiment_name in experiments.EXPERIMENTS  # every experiment file names a registered module
     runner.validate(cfg)
+
+
+def test_every_registered_experiment_has_a_config_file():
+    named = {compose_cfg(f"experiment={e}").experiment_name for e in EXPERIMENTS}
+    assert set(experiments.EXPERIMENTS) - {"train"} <= named
 
 
 def test_default_is_cnn_with_paper_protocol():
