@@ -151,19 +151,28 @@ def test_a_failed_batched_stack_is_recorded_for_every_member(tmp_path, monkeypat
 
 def test_mlp_stacks_of_several_groups_train_side_by_side_with_one_threads_numbers(tmp_path, monkeypatch):
     import threading
-    import time
 
     import torch
 
     from mnist1d_lab import batched
 
-    calls = []  # (python thread, torch threads, start, end) of each stack
+    calls = []  # (python thread, torch threads) of each stack
+    state = {"active": 0, "most": 0, "barrier": None}  # stacks in flight now, at most; a meeting point
+    lock = threading.Lock()
     real = batched.train_batched
 
     def spy(*args, **kwargs):
-        start = time.perf_counter()
-        out = real(*args, **kwargs)
-        calls.append((threading.get_ident(), torch.get_num_threads(), start, time.perf_counter()))
+        with lock:
+            state["active"] += 1
+            state["most"] = max(state["most"], state["active"])
+        try:
+            if state["barrier"] is not None:  # side by side: both stacks must be in flight at once
+                state["barrier"].wait()
+            out = real(*args, **kwargs)
+        finally:
+            with lock:
+                state["active"] -= 1
+        calls.append((threading.get_ident(), torch.get_num_threads()))
         return out
 
     monkeypatch.setattr(batched, "train_batched", spy)
@@ -175,20 +184,23 @@ def test_mlp_stacks_of_several_groups_train_side_by_side_with_one_threads_number
         return cfgs, [root / f"{noise}_{w}" for w in (4, 8)]
 
     seen = []
+    state["barrier"] = threading.Barrier(2, timeout=60)  # broken (a failed stack) unless both run at once
     side = schedule.execute_groups([group(n, 2, tmp_path / "side") for n in (0.0, 0.2)],
-                                 done=lambda g, i, s: seen.append((g, i, s["status"], threading.get_ident())))
+                                   done=lambda g, i, s: seen.append((g, i, s["status"], threading.get_ident())))
     assert len(calls) == 2 and {c[1] for c in calls} == {1} and len({c[0] for c in calls}) == 2
-    assert max(c[2] for c in calls) < min(c[3] for c in calls)  # the two stacks overlapped in time
+    assert state["most"] == 2  # the two stacks were in flight together
     assert sorted(seen) == sorted((g, i, "complete", threading.get_ident()) for g in (0, 1) for i in (0, 1))
     assert {json.loads((d / "env.json").read_text())["num_threads"] for d in (tmp_path / "side").glob("0*")} == {1}
     calls.clear()
+    state.update(most=0, barrier=None)
     alone = schedule.execute_groups([group(n, 1, tmp_path / "alone") for n in (0.0, 0.2)])  # one thread: in turn
-    assert len(calls) == 2 and calls[0][3] <= calls[1][2]
+    assert len(calls) == 2 and state["most"] == 1
     for a, b in zip(side[0] + side[1], alone[0] + alone[1], strict=True):  # same stacks on one thread: same bits
         assert (a["final_test_acc"], a["final_train_loss"]) == (b["final_test_acc"], b["final_train_loss"])
     calls.clear()
+    state["most"] = 0
     schedule.execute_groups([group(n, 2, tmp_path / "off") for n in (0.0, 0.2)], side_by_side=False)
-    assert len(calls) == 2 and {c[1] for c in calls} == {2} and calls[0][3] <= calls[1][2]  # in turn, 2 threads
+    assert len(calls) == 2 and {c[1] for c in calls} == {2} and state["most"] == 1  # in turn, 2 threads
 
 
 @pytest.mark.parametrize("stop", [False, True])
