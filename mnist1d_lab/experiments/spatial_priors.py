@@ -10,8 +10,8 @@ Jobs:     logistic, MLP, CNN, GRU and the five pooling variants x normal/shuffle
           training examples (experiment=benchmark's configs: its runs come from the result store, and
           the pooling variants run under the benchmark's protocol and data) and at 50,000 (the pooling
           pool, experiment=pooling's configs: its 50k runs are reused) = 108 runs.
-CPU time: ~24 min for the 4k part without stored runs (benchmark ~10 min + 30 CNN runs), the 50k part
-          ~35-45 s per run on one thread; about 1 h 15 min on 2 cores from an empty store (docs/pooling.md).
+CPU time: estimated at about an hour on 2 busy cores from an empty store (the 50k part's evaluations on
+          60,000 rows every 100 steps dominate); minutes less for every benchmark or pooling run stored.
 Expected: logistic and MLP gaps ~0; CNN and GRU lose 35-40 points at 4k (paper Table 1: 94 -> 56, 91 -> 57).
 Outputs:  spatial_priors.csv/.md (normal, shuffled, gap ± its standard error, sorted by gap per size),
           spatial_priors.png/.pdf.
