@@ -17,13 +17,23 @@ from torch import nn
 
 from .errors import ConfigError
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU, "silu": nn.SiLU}
+
+def _learned(path: str | None) -> nn.Module:
+    """The metalearned activation stored at `path` (artifact activation.pt of experiment=metalearn_activation)."""
+    from .learned_activation import LearnedActivation
+
+    return LearnedActivation.load(path)
 
 
-def _activation(name: str) -> nn.Module:
+# name -> constructor; `learned` takes model.activation_path (the others take nothing)
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "elu": nn.ELU, "silu": nn.SiLU,
+               "softplus": nn.Softplus, "sigmoid": nn.Sigmoid, "learned": _learned}
+
+
+def _activation(name: str, path: str | None = None) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ConfigError("model.activation", name, f"one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    return ACTIVATIONS[name](path) if name == "learned" else ACTIVATIONS[name]()
 
 
 class Logistic(nn.Module):

@@ -54,6 +54,8 @@ EXPERIMENTS = {
     "train": "mnist1d_lab.experiments.train",
     "benchmark": "mnist1d_lab.experiments.benchmark",
     "double_descent": "mnist1d_lab.experiments.double_descent",
+    "metalearn_lr": "mnist1d_lab.experiments.metalearn_lr",
+    "metalearn_activation": "mnist1d_lab.experiments.metalearn_activation",
     "pooling": "mnist1d_lab.experiments.pooling",
     "spatial_priors": "mnist1d_lab.experiments.spatial_priors",
     "lottery": "mnist1d_lab.experiments.lottery",
