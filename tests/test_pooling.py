@@ -153,6 +153,17 @@ def test_pooling_table_and_verdicts():
     assert "| 1,000 | 60.0 ± 1.4 [59.2] |" in md and "One pool of 60,000 examples (50,000 train, 10,000 test)" in md
 
 
+def test_per_size_datasets_are_named_in_the_table():
+    """The original's protocol (a dataset per size) is said in the table: its test sets differ."""
+    table = _run_table([("max", 1, n, 0, 0.9) for n in (1000, 2000)] + [("none", 1, n, 0, 0.8) for n in (1000, 2000)])
+    table["data.num_samples"] = table["n_train"] + 1000
+    table["data.train_split"] = 1 - 1000 / table["data.num_samples"]
+    res = pooling.pooling_results(table)
+    md = pooling.table_markdown(pooling.pooling_table(res), res)
+    assert "2 datasets (one per size, as the original's protocol): test sets differ" in md
+    assert "| 2,000 | 80.0 [82.0] | 90.0 [89.2] |" in md  # one seed: no ± part
+
+
 def test_scoreboard_gap_and_its_error():
     rows = []
     for name, pool, stride, normal, shuffled in (("mlp", np.nan, np.nan, 0.66, 0.66), ("cnn", np.nan, 2, 0.93, 0.56),
