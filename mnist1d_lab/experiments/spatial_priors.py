@@ -27,6 +27,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
 
 from .. import records
 from ..plots import STYLE, save_figure
@@ -94,6 +95,9 @@ def figure(board: pd.DataFrame) -> plt.Figure:
             ax.axvline(0, color="0.3", lw=0.8)
             ax.set(xlabel="accuracy lost to shuffling (points)", title=f"{n:,} training examples")
             ax.title.set_fontsize(9)
+        families = [Patch(color="C0", label="no spatial prior (logistic, MLP)"),
+                    Patch(color="C1", label="the paper's CNN and GRU"), Patch(color="C2", label="cnn_pool variants")]
+        axes[0, 0].legend(handles=families, frameon=False, fontsize=7, loc="best")
         fig.suptitle("Spatial priors: normal - shuffled test accuracy (± standard error over seeds)", fontsize=10)
         fig.tight_layout()
     return fig
