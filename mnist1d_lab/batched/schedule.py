@@ -104,7 +104,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
             stacked.append(_Stack(g, [todo[j] for j in part.members], steps * part.cost, side))
         contexts[g] = (data, device, threads)
         log.info("training %d runs as one batched program (%s, %d stack(s)%s)", len(todo), first.model.name,
-                 -(-len(parts) // side), f", up to {side} side by side" if side > 1 else "")
+                 len(parts), f", up to {side} side by side" if side > 1 else "")
 
     def run(stack: _Stack) -> _Stack:  # on the torch threads set by the caller (1 side by side)
         cfgs, out_dirs = groups[stack.group]

@@ -268,7 +268,7 @@ def stacked_update(model: StackedModel, optimizer: optim.Optimizer, x: torch.Ten
                    loss: str, weight: torch.Tensor) -> None:
     """One optimiser step of every member on its batch: x (B, L) shared or (K, B, L), labels y (K, B), loss
     weights (K,) (0 for a frozen member). The loss is the SUM of the members' weighted mean losses."""
-    if model.can_hand_step(x):  # CPU: the same gradients without autograd's engine (stacked_ops)
+    if model.can_hand_step(x):  # CPU: the same gradients without autograd's engine (ops.py)
         optimizer.zero_grad()
         model.hand_grads(x, y, loss, weight)
     else:
