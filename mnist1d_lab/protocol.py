@@ -1,4 +1,4 @@
-"""The training protocol shared by the one-model loop (`train.py`) and the many-models loop (`batched.py`).
+"""The training protocol shared by the one-model loop (`train.py`) and the many-models loop (`batched/train.py`).
 
 Both loops must feed a model of a given seed the same batches, the same noisy labels and the same loss,
 and summarise their curves the same way; everything that defines "the same" lives here.

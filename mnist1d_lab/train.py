@@ -138,7 +138,7 @@ def can_graph(device: torch.device, hook: Hook | None, n: int, batch_size: int) 
 class GraphedUpdate:
     """`update(xb, yb)` (forward, loss, backward, optimiser step) replayed as one CUDA graph.
 
-    On a GPU a training step (one model, or a stack of them in batched.py) is tens to hundreds of small
+    On a GPU a training step (one model, or a stack of them in batched/train.py) is tens to hundreds of small
     kernels whose launches (Python, dispatcher, driver) take longer than the kernels run: replayed, the
     paper's CNN trained 7.7x faster on an H100 (docs/batched.md). The graph is recorded once, after
     GRAPH_WARMUP ordinary updates made on a side stream (torch.cuda.graph's recipe: lazy initialisation
