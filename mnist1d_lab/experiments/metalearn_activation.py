@@ -39,11 +39,23 @@ ORIGINAL = {"learned_test_acc": 0.684, "relu_test_acc": 0.59, "meta_objective_st
 X_PLOT = (-5.0, 5.0, 201)  # where f is drawn and tabulated
 
 
+CONFIG_NODE = "metalearn"  # the runner checks this node's keys against conf/experiment/metalearn_activation.yaml
+
+
 def validated(cfg: DictConfig) -> dict:
-    """The experiment's knobs (scale applied), checked."""
+    """The experiment's knobs (scale applied), checked, eval seeds against the meta-training seed too."""
+    k = validate(cfg.metalearn)
+    if cfg.seed in k["eval_seeds"]:
+        raise ConfigError("metalearn.eval_seeds", k["eval_seeds"], f"seeds other than seed={cfg.seed} "
+                                                                   "(the meta-training init)")
+    return k
+
+
+def validate(node) -> dict:
+    """The knobs of a `metalearn` node with its scale applied; ConfigError for bad values (before any work)."""
     from ..metalearn import activation, knobs, positive_int
 
-    k = knobs(cfg.metalearn)
+    k = knobs(node)
     positive_int(k, "hidden", "g_hidden", "inner_steps", "batch_size", "meta_last", "outer_steps", "segment",
                  "stage_every")
     if k["meta_last"] > k["inner_steps"]:
@@ -51,10 +63,8 @@ def validated(cfg: DictConfig) -> dict:
     activation(k["base_activation"], "metalearn.base_activation")
     for name in k["baselines"]:
         activation(name, "metalearn.baselines")
-    seeds = list(k["eval_seeds"])
-    if not seeds or cfg.seed in seeds:
-        raise ConfigError("metalearn.eval_seeds", seeds, f"a non-empty list of seeds other than seed={cfg.seed} "
-                                                         "(the meta-training init)")
+    if not k["eval_seeds"] or any(isinstance(v, bool) or not isinstance(v, int) for v in k["eval_seeds"]):
+        raise ConfigError("metalearn.eval_seeds", k["eval_seeds"], "a non-empty list of integer seeds")
     return k
 
 

@@ -30,11 +30,19 @@ if TYPE_CHECKING:
 ORIGINAL = {"lr_from_1.5": 0.6243, "lr_from_0.15": 0.6203, "meta_objective": 1.716}  # the notebook's printout
 
 
+CONFIG_NODE = "metalearn"  # the runner checks this node's keys against conf/experiment/metalearn_lr.yaml
+
+
 def validated(cfg: DictConfig) -> dict:
     """The experiment's knobs (scale applied), checked."""
+    return validate(cfg.metalearn)
+
+
+def validate(node) -> dict:
+    """The knobs of a `metalearn` node with its scale applied; ConfigError for bad values (before any work)."""
     from ..metalearn import activation, knobs, positive_int
 
-    k = knobs(cfg.metalearn)
+    k = knobs(node)
     positive_int(k, "hidden", "inner_steps", "batch_size", "outer_steps", "stage_every")
     activation(k["activation"])
     if not k["initial_lrs"] or any(float(v) <= 0 for v in k["initial_lrs"]):
