@@ -121,13 +121,15 @@ def figure3(table: pd.DataFrame, t: dict[str, pd.DataFrame]):
               "new_seed_init": "f) new init", "halves_swapped": "halves swapped"}
     for ax, arm in zip(axes[2:7], titles, strict=True):
         sub = abl[abl["arm"] == arm]
+        if sub.empty:  # an arm left out (lottery.ablation.arms)
+            ax.set_visible(False)
+            continue
         for model, g in sub.groupby("model"):
             piv = g.pivot(index="trial", columns="step", values="test_acc")
             _band(ax, piv.columns.to_numpy(), piv.to_numpy(), COLORS.get(model, "k"), model)
         ax.set(title=titles[arm], xlabel="step", ylabel="test accuracy %")
-        if len(sub):
-            ax.set_ylim(max(0, 100 * sub["test_acc"].quantile(0.2) - 5), None)
-            ax.legend(fontsize=7)
+        ax.set_ylim(max(0, 100 * sub["test_acc"].quantile(0.2) - 5), None)
+        ax.legend(fontsize=7)
     ax = axes[7]
     d = t["adjacency"].groupby(["metric", "mask"])["mean"].agg(["mean"]).reset_index()
     se = t["adjacency"].groupby(["metric", "mask"])["se"].mean().reset_index()

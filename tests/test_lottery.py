@@ -206,7 +206,7 @@ def test_bad_knobs_raise_config_errors():
 
 
 def test_lottery_smoke_through_the_entry_point(tmp_path):
-    run_lab(tmp_path, "experiment=lottery", "scale=smoke")
+    run_lab(tmp_path, "experiment=lottery", "scale=smoke", "hydra/launcher=basic")  # joblib's workers: 15 s more
     sweep = sweep_dirs(tmp_path)[-1]
     rounds = pd.read_csv(sweep / "lottery_rounds.csv")
     assert set(rounds["trial"]) == {0, 1} and set(rounds["kind"]) == {"lottery", "random"}
