@@ -201,6 +201,8 @@ def test_bad_knobs_raise_config_errors():
         exp.knobs(_smoke_cfg("lottery.ablation.arms=[transfer,upside_down]"))
     with pytest.raises(ConfigError, match="lottery.score_step"):
         exp.knobs(_smoke_cfg("lottery.score_step=100"))
+    with pytest.raises(ConfigError, match="lottery.prune"):
+        exp.knobs(_smoke_cfg("lottery.prune=neuron"))
     with pytest.raises(ConfigError, match="model.name"):
         exp.knobs(_smoke_cfg("model=cnn"))
 

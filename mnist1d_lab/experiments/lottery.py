@@ -8,7 +8,9 @@ Question: pruning the 40-500-500-10 residual MLP (276,010 parameters) round by r
 Command:  python -m mnist1d_lab experiment=lottery                 (2 trials: seed=0,1; 100 linear rounds)
           python -m mnist1d_lab experiment=lottery scale=quick     (15 geometric rounds to 95.6 %, short ablations)
           python -m mnist1d_lab experiment=lottery scale=smoke     (seconds; the numbers mean nothing)
-CPU time: see docs/lottery.md (the full default is ~270 TFLOP; scale=quick a few minutes).
+CPU time: ~270 TFLOP: estimated 40-45 min on an idle 2-core CPU with the two trials side by side,
+          scale=quick ~6-7 min; one quick trial with one ablation arm took 8.5 min on a loaded host
+          (docs/lottery.md, scripts/bench_lottery.py).
 Expected: the original printed 75.6 / 74.4 % for the 92 % lottery ticket vs 60.6 / 61.8 % for the random
           ticket and 66.4 / 64.8 % dense; in the ablations the ticket beat the random mask everywhere but
           the dense model only on the transfer and new-init arms; lottery p2 ~0.009 vs random ~0.006.
@@ -77,6 +79,12 @@ def knobs(cfg: DictConfig) -> dict:
         raise ConfigError("lottery.null_samples", lc["null_samples"], "a positive integer")
     if not 0 <= lc["ticket_sparsity"] <= 1:
         raise ConfigError("lottery.ticket_sparsity", lc["ticket_sparsity"], "a fraction in [0, 1]")
+    if lc["prune"] not in ("layer", "global"):  # lottery.PRUNE_MODES (torch is not imported here)
+        raise ConfigError("lottery.prune", lc["prune"], "one of ['layer', 'global']")
+    for key in ("data_seed", "init_offset", "reinit_offset"):
+        v = lc["ablation"][key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"lottery.ablation.{key}", v, "an integer >= 0")
     bad = [a for a in lc["ablation"]["arms"] if a not in ARMS]
     if bad:
         raise ConfigError("lottery.ablation.arms", bad, f"a list of {list(ARMS)}")
