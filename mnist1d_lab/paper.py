@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -154,11 +155,33 @@ def selected(all_entries: list[Entry], cfg: DictConfig, scale: str) -> list[tupl
     return out
 
 
+def _top_keys(relpath: str) -> set[str]:
+    """Top-level keys of a YAML file of the lab's conf/ (empty when missing)."""
+    path = resources.files("mnist1d_lab.conf").joinpath(relpath)
+    return set(OmegaConf.load(str(path))) if path.is_file() else set()
+
+
+def overrides_for(entry: Entry, overrides: list[str]) -> list[str]:
+    """The passed-through overrides this entry takes: all of them, except that an override of an
+    experiment's own node (human.quiz_dir=..., tsne.mnist_path=...) goes only to the entries whose
+    experiment file declares that node (Hydra rejects a key the config does not have)."""
+    from .__main__ import GROUPS
+
+    shared = _top_keys("config.yaml") | set(GROUPS) | {"hydra"}
+    own = _top_keys(f"experiment/{entry.experiment}.yaml")
+    out = []
+    for o in overrides:
+        top = o.lstrip("+~").partition("=")[0].split(".")[0].split("/")[0]
+        if top in shared or top in own or o.startswith("+"):
+            out.append(o)
+    return out
+
+
 def command(entry: Entry, overrides: list[str], folder: Path | None = None) -> list[str]:
     """The entry's lab command (with its output folder when given)."""
     if entry.builtin:
         return entry.command.split()
-    cmd = ["python", "-m", "mnist1d_lab", *entry.overrides, *overrides]
+    cmd = ["python", "-m", "mnist1d_lab", *entry.overrides, *overrides_for(entry, overrides)]
     if folder is not None:
         cmd += [f"hydra.run.dir={folder}", f"hydra.sweep.dir={folder}"]
     return cmd
@@ -210,6 +233,18 @@ def write_state(folder: Path, state: dict) -> None:
     write_atomic(folder / STATE_FILE, json.dumps(state, indent=2))
 
 
+def _die_with_parent() -> None:
+    """In the child: end with the paper process (Linux), so a killed paper run leaves no orphan writing
+    into the folder the next run starts afresh."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_entry(entry: Entry, overrides: list[str], out: Path, timeout: float | None) -> int:
     """Run one entry (its runs into out/runs/<entry>/, its output into out/runs/<entry>.log); exit code."""
     folder = out / RUNS_DIR / entry.name
@@ -226,17 +261,22 @@ def run_entry(entry: Entry, overrides: list[str], out: Path, timeout: float | No
     cmd = [sys.executable, *command(entry, overrides, folder.resolve())[1:]]
     log.info("paper: %s: %s", entry.name, shell_line(command(entry, overrides)))
     with open(logfile, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        deadline = None if timeout is None else time.time() + timeout
-        for line in proc.stdout:
-            f.write(line)
-            if "sweep:" in line or "error" in line.lower():
-                log.info("  %s: %s", entry.name, line.rstrip().rpartition("] ")[2])
-            if deadline is not None and time.time() > deadline:
-                proc.kill()
-                f.write(f"paper: killed after {timeout} s (paper.timeout_s)\n")
-                break
-        rc = proc.wait()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                preexec_fn=_die_with_parent)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer is not None:
+            timer.start()
+        try:
+            for line in proc.stdout:
+                f.write(line)
+                if "sweep:" in line or "error" in line.lower():
+                    log.info("  %s: %s", entry.name, line.rstrip().rpartition("] ")[2])
+            rc = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if timer is not None and rc < 0:
+            f.write(f"paper: killed after {timeout} s (paper.timeout_s)\n")
     if rc != 0:
         log.error("paper: %s failed (exit %d); its output: %s", entry.name, rc, logfile)
         return rc

@@ -93,6 +93,14 @@ def test_unavailable_entry_is_skipped_with_a_note():
     assert paper.availability(paper.Entry("benchmark", overrides=["experiment=benchmark"])) is None
 
 
+def test_experiment_knobs_go_only_to_experiments_that_have_them():
+    passed = ["scale=smoke", "human.quiz_dir=/quizzes", "hydra/launcher=joblib", "data.seed=1"]
+    human = paper.command(paper.Entry("human", overrides=["experiment=human"]), passed)
+    bench = paper.command(paper.Entry("benchmark", overrides=["experiment=benchmark"]), passed)
+    assert human[3:] == ["experiment=human", *passed]
+    assert bench[3:] == ["experiment=benchmark", "scale=smoke", "hydra/launcher=joblib", "data.seed=1"]
+
+
 def test_progress_line_has_count_elapsed_and_eta():
     a, b = paper.Entry("a"), paper.Entry("b")
     progress = paper.Progress([(a, 10.0), (b, 30.0)])
@@ -152,3 +160,12 @@ def test_report_in_a_real_browser(smoke_paper):
     assert {"claims", "table1", "provenance", "benchmark-table1", "double_descent-dd_thresholds"} <= set(
         result["table_ids"])
     assert (out / "screenshot.png").stat().st_size > 10_000
+
+
+def test_docs_list_every_claim_and_entry():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "paper.md").read_text()
+    cfg, _ = paper.load_config([])
+    missing = [c.id for c in C.CLAIMS if f"`{c.id}`" not in text]
+    missing += [e.name for e in paper.entries(cfg) if f"`{e.name}`" not in text]
+    assert not missing, f"docs/paper.md lacks {missing}"
+    assert "## Where we differ" in text and "## Table 1" in text  # the claims' `doc` anchors
