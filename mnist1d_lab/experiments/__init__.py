@@ -38,6 +38,14 @@ Optional module attributes:
     summarize(table, out_dir) -> list[Path]
                        the sweep's tables and figures from the collected runs (`table`: results.csv's
                        rows of finished runs; `records.collect_stages(table)` gives their stages).
+    CONFIG_NODE = "lottery"
+                       the experiment's own top-level config node. Before any work (in a sweep, before
+                       any job launches) `runner.validate` rejects a key of that node that its YAML file
+                       does not have (`+lottery.roundz=3`: one line naming the nearest key, exit 2), then
+                       calls the module's `validate(node)` with `cfg.lottery` if it defines one (raise
+                       `errors.ConfigError`; `runner.check_keys` checks a nested node's keys the same way).
+    CONFIG_FILE = path the YAML file that declares the node's keys, when it is not
+                       `conf/experiment/<experiment_name>.yaml` (an experiment outside the package).
 
 Run keys hash the resolved config without paths, threads, device, progress or save_model
 (`records.run_key`), so a finished run is found again by any launcher on any machine.
