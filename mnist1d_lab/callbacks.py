@@ -46,6 +46,9 @@ class SweepCallback(Callback):
     """Logs `[done/total] skipped, failed, ETA` after each job; collects and summarises at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _LAST_SWEEP.clear()
+        if config.get("dry_run") or "lab_sweeper" in str(config.hydra.sweeper.get("_target_", "")):
+            return  # the lab's sweeper sets the total itself, once every job is validated (nothing before)
         sweep = Path(config.hydra.sweep.dir)
         sweep.mkdir(parents=True, exist_ok=True)
         set_total(sweep, count_jobs(config.hydra.overrides.task, config.hydra.sweeper.get("params")))
@@ -62,11 +65,37 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from .collect import collect_sweep
 
-        collect_sweep(Path(config.hydra.sweep.dir), config.get("experiment_name"))
+        sweep = Path(config.hydra.sweep.dir)
+        if config.get("dry_run") or not (sweep / TOTAL_FILE).is_file():
+            return  # a dry run: nothing ran
+        collect_sweep(sweep, config.get("experiment_name"))
+        failed = sorted({e.get("num") for e in _events(sweep) if e["status"] == "failed"}, key=str)
+        if failed:
+            _LAST_SWEEP["failed"] = (f"{len(failed)} of {json.loads((sweep / TOTAL_FILE).read_text())['total']} "
+                                     f"jobs failed (job {', '.join(map(str, failed))}), the others ran to the "
+                                     f"end; collected: {sweep / 'results.csv'} (columns status, error)")
+
+
+_LAST_SWEEP: dict[str, str] = {}  # what the entry point reports once the sweep is over
+
+
+def last_sweep_failures() -> str | None:
+    """A line on the failed jobs of the sweep that just ended in this process, or None (the entry point
+    exits non-zero with it)."""
+    return _LAST_SWEEP.get("failed")
+
+
+def _events(sweep: Path) -> list[dict]:
+    path = sweep / PROGRESS_FILE
+    return [json.loads(s) for s in path.read_text().splitlines() if s.strip()] if path.is_file() else []
 
 
 def set_total(sweep: Path, total: int | None) -> None:
-    """Record how many jobs the sweep has (the lab's sweepers know it exactly; others are counted)."""
+    """Record how many jobs the sweep has (the lab's sweepers know it exactly; others are counted) and
+    start its count afresh: a sweep run again into the same folder (a resumed kill) counts and times
+    only itself, not the jobs and plans of the earlier run."""
+    for name in (PROGRESS_FILE, PLAN_FILE):
+        (sweep / name).unlink(missing_ok=True)
     (sweep / TOTAL_FILE).write_text(json.dumps({"total": total, "start": time.time()}))
 
 

@@ -8,6 +8,8 @@ caller's RNG state as it was (`build_model`).
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import threading
 from collections.abc import Mapping
 
@@ -199,6 +201,12 @@ def model_kwargs(cfg: Mapping) -> dict:
     if name not in MODELS:
         raise ConfigError("model.name", name, f"one of {sorted(MODELS)}")
     kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}
+    knobs = model_knobs(name)
+    for key in kwargs:
+        if key not in knobs:
+            near = difflib.get_close_matches(str(key), list(knobs), n=1)
+            raise ConfigError(f"model.{key}", kwargs[key], f"not a knob of model.name={name}"
+                              f"{f' (did you mean model.{near[0]}?)' if near else ''}; knobs: {sorted(knobs)}")
     if name == "cnn":  # pool keys live in conf/model/cnn_pool.yaml only: model=cnn's config (and run key) lacks them
         kwargs = {"pool": "none", "pool_size": 2, **kwargs}
         if kwargs["pool"] not in POOLS:
@@ -208,7 +216,40 @@ def model_kwargs(cfg: Mapping) -> dict:
             raise ConfigError(f"model.{key}", kwargs[key], "a positive integer")
     if "kernel_sizes" in kwargs and kwargs["kernel_sizes"] is not None:
         kwargs["kernel_sizes"] = list(kwargs["kernel_sizes"])
+    _check_values(name, {**knobs, **kwargs})
     return kwargs
+
+
+def model_knobs(name: str) -> dict:
+    """The knobs of model family `name` with their defaults: its constructor's arguments (the sizes of
+    input and output aside)."""
+    params = inspect.signature(MODELS[name]).parameters
+    return {k: p.default for k, p in params.items() if k not in ("input_len", "num_classes")}
+
+
+def _check_values(name: str, knobs: dict, input_len: int = 40) -> None:
+    """The checks a constructor would otherwise fail on mid-run, made before any work (ConfigError)."""
+    if "activation" in knobs and knobs["activation"] not in ACTIVATIONS:
+        raise ConfigError("model.activation", knobs["activation"], f"one of {sorted(ACTIVATIONS)}")
+    for key in ("residual", "bidirectional"):
+        if key in knobs and not isinstance(knobs[key], bool):
+            raise ConfigError(f"model.{key}", knobs[key], "true or false")
+    if name != "cnn":
+        return
+    pad, depth, kernels = knobs["padding"], knobs["depth"], knobs["kernel_sizes"]
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ConfigError("model.padding", pad, "an integer >= 0")
+    if kernels is not None and (not isinstance(kernels, list | tuple) or len(kernels) != depth or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in kernels)):
+        raise ConfigError("model.kernel_sizes", kernels, f"null or a list of model.depth={depth} positive integers")
+    length = input_len
+    for k in kernels or [5] + [3] * (depth - 1):
+        length = conv_out_len(length, k, knobs["stride"], pad)
+        if knobs.get("pool", "none") != "none":
+            length //= knobs["pool_size"]
+        if length < 1:
+            raise ConfigError("model.depth", depth, f"layers that keep the length >= 1 (input {input_len}; "
+                              f"kernel_sizes {kernels}, stride {knobs['stride']}, padding {pad})")
 
 
 _BUILD_LOCK = threading.Lock()  # the global RNG is process-wide: one seeded build at a time

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 # Keys that do not change a run's result, so they are left out of its store key.
 RESULT_NEUTRAL_KEYS = ("paths", "force", "progress", "num_threads", "stop_on_error", "device", "cuda_graphs",
-                       "hydra", "data.cache", "data.cache_dir", "save_model")
+                       "hydra", "data.cache", "data.cache_dir", "save_model", "dry_run")
 RECORD_FILES = (paths.CONFIG_FILE, paths.CURVES_FILE, paths.ENV_FILE, paths.STAGES_FILE, paths.CONFUSION_FILE)
 DONE_STATUSES = ("complete", "diverged")  # finished records; `failed` ones are retried
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~15x faster than OmegaConf.load
@@ -53,9 +54,35 @@ def to_plain(cfg: Mapping | DictConfig) -> dict:
 NEUTRAL_DEFAULTS = {"data.roll": 0, "model.pool": "none", "model.pool_size": 2}
 
 
+@functools.cache
+def _float_knobs() -> dict[str, frozenset[str]]:
+    """Keys whose default is a float, per node (`train`, `data`), read from their default YAML files."""
+    from importlib import resources
+
+    conf = resources.files("mnist1d_lab.conf")
+    out = {}
+    for node, file in (("train", "train/paper.yaml"), ("data", "data/mnist1d.yaml")):
+        defaults = yaml.load((conf / file).read_text(), Loader=_YAML_LOADER) or {}
+        out[node] = frozenset(k for k, v in defaults.items() if isinstance(v, float))
+    return out
+
+
+def _cast_floats(body: dict) -> None:
+    """An integer given for a knob whose default is a float becomes that float (`train.lr=1` is 1.0), as
+    the dataset cache key does: equal values, one key. Well-typed configs are left as they are."""
+    for node, keys in _float_knobs().items():
+        sub = body.get(node)
+        if isinstance(sub, dict):
+            for k in keys & sub.keys():
+                if isinstance(sub[k], int) and not isinstance(sub[k], bool):
+                    sub[k] = float(sub[k])
+
+
 def run_key(cfg: Mapping | DictConfig) -> str:
-    """A short hash of everything in the resolved config that can change the result."""
+    """A short hash of everything in the resolved config that can change the result (integers given
+    for float knobs cast to float first)."""
     body = to_plain(cfg)
+    _cast_floats(body)
     for key in (*RESULT_NEUTRAL_KEYS, *NEUTRAL_DEFAULTS):
         parent, _, leaf = key.rpartition(".")
         node = body.get(parent, {}) if parent else body
@@ -65,13 +92,32 @@ def run_key(cfg: Mapping | DictConfig) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (os.umask can only be read by setting it: not thread-safe later)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def follow_umask(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a file (0666) or folder (0777) made by tempfile.mkstemp / mkdtemp (0600 / 0700) the mode an
+    ordinary open() or mkdir would have given it under the user's umask."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write text to path via a temporary file in the same folder and a rename."""
+    """Write text to path via a temporary file in the same folder and a rename (mode as the umask says)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -221,6 +267,7 @@ def file_into_store(folder: Path, store: Path) -> None:
     store.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=store.parent, prefix=f".{store.name}."))
     try:
+        follow_umask(tmp, folder=True)
         copy_record(folder, tmp)
         if store.exists():  # an older failed record, or force=true: move it aside, then swap in
             old = store.with_name(f".{store.name}.old.{os.getpid()}")
@@ -273,9 +320,14 @@ def flatten(d: Mapping, prefix: str = "") -> dict:
     return out
 
 
+def _natural(path: Path) -> list:
+    """Sort key: digit runs compare as numbers, so job folders come in job order (0, 1, 2, ..., 10)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.as_posix())]
+
+
 def record_folders(root: Path) -> list[Path]:
-    """Every folder below root (root included) that holds a summary file."""
-    return sorted(p.parent for p in Path(root).rglob(paths.SUMMARY_FILE))
+    """Every folder below root (root included) that holds a summary file, in natural order (job order)."""
+    return sorted((p.parent for p in Path(root).rglob(paths.SUMMARY_FILE)), key=_natural)
 
 
 def collect(root: Path) -> pd.DataFrame:

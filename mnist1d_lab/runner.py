@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
+import sys
 import time
 import traceback
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
 from pathlib import Path
+from types import ModuleType
 
 import torch
+import yaml
 from omegaconf import DictConfig
 
 from . import cpu, experiments, paths, records
@@ -18,6 +24,7 @@ from .errors import ConfigError
 from .models import model_kwargs
 
 log = logging.getLogger(__name__)
+SEED_MAX = 2**63 - 1  # torch's generators take seeds in [0, 2**63-1]
 
 
 def resolve_device(name: str) -> str:
@@ -33,10 +40,14 @@ def resolve_device(name: str) -> str:
     return str(dev)
 
 
-def default_threads(workers: int = 1) -> int:
-    """CPU cores (this process may use) divided by the number of parallel workers, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, workers))
+def default_threads(cfg: DictConfig, workers: int = 1) -> cpu.Threads:
+    """Torch threads of a plain run, from the config alone (never the cores, so a config gives the same
+    float32 numbers on any machine): `num_threads`, or 1 when null (the paper's models gain nothing from a
+    second thread). `workers`, the jobs a launcher runs at once, changes only the reason it gives."""
+    if cfg.num_threads is not None:
+        return cpu.Threads(cfg.num_threads, f"num_threads={cfg.num_threads}")
+    jobs = f" (one of {workers} jobs at once)" if workers > 1 else ""
+    return cpu.Threads(1, f"num_threads=null: one thread per plain run{jobs}")
 
 
 def _expected_n_train(data_cfg: DictConfig) -> int | None:
@@ -46,27 +57,59 @@ def _expected_n_train(data_cfg: DictConfig) -> int | None:
     return int((data_cfg.num_samples // 10) * 10 * data_cfg.train_split)
 
 
+def check_keys(node: Mapping, allowed: Iterable[str], prefix: str) -> None:
+    """ConfigError for the first key of `node` not in `allowed`: one line naming it, the nearest allowed
+    key (difflib) and every allowed one. For experiments' own `validate(cfg)`; the runner applies it to
+    an experiment's CONFIG_NODE (see mnist1d_lab/experiments/__init__.py)."""
+    allowed = sorted(allowed)
+    for key in node:
+        if key not in allowed:
+            near = difflib.get_close_matches(str(key), allowed, n=1)
+            raise ConfigError(f"{prefix}.{key}", node[key], f"no such key in {prefix}" + (
+                f" (did you mean {prefix}.{near[0]}?)" if near else "") + f"; knobs: {allowed}")
+
+
+def experiment_keys(module: ModuleType, name: str) -> tuple[str, list[str]] | None:
+    """(node, allowed keys) of an experiment that declares its own config node (CONFIG_NODE), the keys
+    read from its YAML file (CONFIG_FILE, default conf/experiment/<name>.yaml); None when it declares none."""
+    node = getattr(module, "CONFIG_NODE", None)
+    if node is None:
+        return None
+    path = getattr(module, "CONFIG_FILE", None) or resources.files("mnist1d_lab.conf") / "experiment" / f"{name}.yaml"
+    text = (Path(path) if isinstance(path, str | os.PathLike) else path).read_text()  # a file or a resource
+    defaults = yaml.safe_load(text)
+    return node, list((defaults or {}).get(node) or {})
+
+
 def validate(cfg: DictConfig) -> None:
     """Check everything that can be checked before any work; raises ConfigError."""
     from .data import validate as validate_data
     from .train import validate_train
 
-    experiments.get(cfg.experiment_name)
+    module = experiments.get(cfg.experiment_name)
     model_kwargs(cfg.model)
     validate_data(cfg.data)
     n_train = _expected_n_train(cfg.data)
-    if n_train is not None:  # a frozen dataset's size is known only after loading: train() checks then
-        validate_train(cfg.train, n_train=n_train)
+    # a frozen dataset's size is known only after loading: train() checks the size-bound knobs then
+    validate_train(cfg.train, n_train=n_train if n_train is not None else sys.maxsize)
     resolve_device(cfg.device)
     if cfg.num_threads is not None and (not isinstance(cfg.num_threads, int) or cfg.num_threads < 1):
         raise ConfigError("num_threads", cfg.num_threads, "null or a positive integer")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError("seed", cfg.seed, "an integer")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed <= SEED_MAX:
+        raise ConfigError("seed", cfg.seed, "an integer in [0, 2**63-1]")
+    own = experiment_keys(module, cfg.experiment_name)
+    if own is not None:  # the experiment's own node: known keys, then its own checks
+        node, allowed = own
+        if node not in cfg:
+            raise ConfigError(node, None, f"the node experiment_name={cfg.experiment_name} reads (its YAML file)")
+        check_keys(cfg[node], allowed, node)
+        if callable(getattr(module, "validate", None)):
+            module.validate(cfg[node])
 
 
-def setup_torch(cfg: DictConfig, workers: int = 1) -> int:
-    """Set the thread count deliberately (no oversubscription) and flush denormals; returns threads."""
-    threads = cfg.num_threads or default_threads(workers)
+def setup_torch(cfg: DictConfig, workers: int = 1) -> cpu.Threads:
+    """Set a plain run's torch threads (default_threads) and flush denormals; returns the threads."""
+    threads = default_threads(cfg, workers)
     torch.set_num_threads(threads)
     cpu.tune()  # flushed denormals (cpu.py)
     return threads
@@ -133,14 +176,22 @@ def lookup(cfg: DictConfig, out_dir: Path) -> dict | None:
     return summary
 
 
-def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
+def execute(cfg: DictConfig, out_dir: Path, workers: int = 1, in_sweep: bool = False) -> dict:
     """Run one job end to end and return its summary (status: complete, diverged, failed or skipped).
 
     Raises ConfigError for bad input (before any work where possible). Other exceptions are recorded
     as `failed` and swallowed; with cfg.stop_on_error the record is written and then RuntimeError raised.
+    `in_sweep`: one job of a sweep (validated before launch by the lab's sweeper): a ConfigError is
+    recorded as `failed` too, so it never stops the jobs beside it.
     """
-    validate(cfg)
     out_dir = Path(out_dir)
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        if not in_sweep:
+            raise
+        log.error("run failed: %s", exc)
+        return finish(cfg, out_dir, None, f"ConfigError: {exc}", 0.0, str(cfg.get("device")), 0)
     found = lookup(cfg, out_dir)
     if found is not None:
         return found
@@ -151,19 +202,22 @@ def execute(cfg: DictConfig, out_dir: Path, workers: int = 1) -> dict:
                      checkpoint_dir=paths.partial_dir(cfg.paths.output_dir, records.run_key(cfg)))
     if cfg.get("force"):
         ctx.discard_checkpoints()  # force=true recomputes every stage too
-    result, error = _attempt(lambda: experiment.run(cfg, ctx), "run")
+    result, error = _attempt(lambda: experiment.run(cfg, ctx), "run", record_config_errors=in_sweep)
     summary = finish(cfg, out_dir, result, error, time.perf_counter() - start, device, threads)
     _stop_if_asked(cfg, error)
     return summary
 
 
-def _attempt(fn, what: str) -> tuple:
+def _attempt(fn, what: str, record_config_errors: bool = False) -> tuple:
     """(fn(), None), or (None, error text) when fn raised (logged with its traceback). Bad input
-    (ConfigError) is not a failed run: it propagates."""
+    (ConfigError) is not a failed run: it propagates, unless record_config_errors (a sweep's job)."""
     try:
         return fn(), None
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        if not record_config_errors:
+            raise
+        log.error("%s failed: %s", what, exc)
+        return None, f"ConfigError: {exc}"
     except Exception as exc:  # a failed run is recorded, and the sweep carries on
         error = f"{type(exc).__name__}: {exc}"
         log.error("%s failed: %s\n%s", what, error, traceback.format_exc())
@@ -174,4 +228,71 @@ def _stop_if_asked(cfg: DictConfig, error: str | None) -> None:
     """With stop_on_error=true, a failed run (already recorded) stops the sweep."""
     if error and cfg.stop_on_error:
         raise RuntimeError(f"stopping the sweep (stop_on_error=true): {error}")
+
+
+def dry_run_report(jobs: Sequence[Sequence[str]], cfgs: Sequence[DictConfig], launcher: str | None = None,
+                   show: int = 5) -> str:
+    """What `dry_run=true` prints: how many jobs, how many already in the store, the batched launcher's
+    groups, an estimated training time, the first jobs' overrides (of jobs the caller validated). Trains
+    and writes nothing."""
+    todo = [i for i, cfg in enumerate(cfgs) if records.finished(cfg) is None]
+    lines = [f"dry run: {len(cfgs)} job(s), {len(cfgs) - len(todo)} already in the store, {len(todo)} to run"
+             + (f" (hydra/launcher={launcher})" if launcher else "")]
+    if launcher == "batched" and todo:
+        from .batched.schedule import group_key
+
+        groups: dict[str, list[int]] = {}
+        for i in todo:
+            groups.setdefault(group_key(cfgs[i]) or f"alone {i}", []).append(i)
+        stacked = [m for k, m in groups.items() if not k.startswith("alone ") and len(m) > 1]
+        sizes = "".join(f", {len(m)} x {cfgs[m[0]].model.name}" for m in stacked)
+        lines.append(f"  batched: {len(stacked)} group(s) of jobs that differ only in seed and width{sizes}; "
+                     f"{len(todo) - sum(map(len, stacked))} job(s) run one at a time")
+    lines.append("  " + _estimate([cfgs[i] for i in todo]))
+    for i in todo[:show]:
+        shown = [o for o in jobs[i] if o.lstrip("+").partition("=")[0] != "dry_run"]
+        lines.append(f"  #{i} {' '.join(shown) or '(no overrides)'}")
+    if len(todo) > show:
+        lines.append(f"  ... and {len(todo) - show} more")
+    lines.append("nothing was trained or written (dry_run=true)")
+    return "\n".join(lines)
+
+
+def _estimate(cfgs: Sequence[DictConfig], calibrate: int = 200) -> str:
+    """Estimated training time of cfgs: the planner's cost (single_cost) of each, in seconds per cost unit
+    measured on up to `calibrate` finished runs in the store (the median); a line saying so."""
+    from omegaconf import OmegaConf
+
+    from .batched.schedule import single_cost
+
+    if not cfgs:
+        return "estimated time: nothing to train"
+    costs = [single_cost(c) for c in cfgs]
+    known = [c for c in costs if c is not None]
+    store = paths.store_dir(cfgs[0].paths.output_dir)
+    rates = []
+    folders = sorted(store.glob("*/summary.json"), key=lambda p: -p.stat().st_mtime)[:calibrate] if store.is_dir() else []
+    for path in folders:
+        summary = records.read_summary(path.parent)
+        if summary is None or summary.get("status") != "complete" or not summary.get("wall_time_s"):
+            continue
+        try:
+            cost = single_cost(OmegaConf.create(yaml.safe_load((path.parent / paths.CONFIG_FILE).read_text())))
+        except Exception:  # noqa: BLE001  a record the planner cannot read: not used to calibrate
+            cost = None
+        if cost:
+            rates.append(summary["wall_time_s"] / cost)
+    unknown = len(costs) - len(known)
+    extra = f"; {unknown} job(s) without an estimate (the planner does not model them)" if unknown else ""
+    if not known or not rates:
+        why = " (no finished run in the store to calibrate the planner's cost)" if known else ""
+        return f"estimated time: unknown{why}{extra}"
+    rate = sorted(rates)[len(rates) // 2]
+    return (f"estimated time: about {_hms(rate * sum(known))} of training for {len(known)} job(s), one after "
+            f"another (planner's cost x {rate:.3g} s per unit, the median of {len(rates)} runs in the store){extra}")
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
