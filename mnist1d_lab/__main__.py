@@ -1,4 +1,8 @@
-"""The Hydra entry point: `python -m mnist1d_lab [overrides]`, `-m` for sweeps.
+"""The Hydra entry point: `python -m mnist1d_lab [overrides]`, `-m` for sweeps, `dry_run=true` for the plan.
+
+Exit codes: 0 done (skipped, complete or diverged runs); 1 a single run failed, or a sweep had a failed
+job (after every other job ran and the sweep was collected); 2 bad input, found before any job ran
+(one line `mnist1d_lab: error: key=value: what is allowed`, nothing written).
 
 This module (with callbacks.py and the launcher plugin) is the only place that knows about Hydra:
 everything below takes a config subtree and an explicit output folder.

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TINY, compose_cfg, lab_env, run_lab, summaries, sweep_dirs
+from helpers import TINY, compose_cfg, lab_env, lab_imports, run_lab, summaries, sweep_dirs
 
 from mnist1d_lab import records, runner
 from mnist1d_lab.errors import ConfigError
@@ -57,6 +57,12 @@ def test_a_bad_job_stops_the_sweep_before_any_job_runs(tmp_path):
                    "hydra.launcher.n_jobs=2", check=False)
     one_error_line(proc, "job #1", "model.width=0", "a positive integer")
     assert nothing_written(tmp_path)
+
+
+def test_a_rerun_whose_jobs_are_all_done_validates_nothing_and_never_imports_torch(tmp_path):
+    args = ["-m", "model=logistic", "seed=0,1", *TINY]
+    run_lab(tmp_path, *args)
+    assert lab_imports(tmp_path, ["torch"], *args) == set()  # finished jobs ran with their config: not re-checked
 
 
 # 2 and the fault injection: a run that fails at run time exits non-zero; in a sweep only at the end

@@ -1,6 +1,12 @@
 """`hydra/sweeper=lab` (the lab's default): Hydra's basic sweeper, made cheap per job, plus grids.
 
-Same sweep syntax and job order as the basic sweeper. Three differences:
+Same sweep syntax and job order as the basic sweeper. Five differences:
+
+  * every job that will run is checked (`runner.validate` on its task config) before any job
+    launches: a bad one stops the sweep in one line naming the job and the key (exit 2), with
+    nothing written, instead of aborting it after other jobs trained;
+  * `dry_run=true` prints the plan (jobs, how many are in the store, batched groups, an estimated
+    time, the first jobs) and launches and writes nothing;
 
   * `hydra.sweeper.grids` (optional) makes the sweep a union of cartesian grids instead of one
     product (Figure 4: MLP widths and CNN channels in one sweep); see grids.py;
