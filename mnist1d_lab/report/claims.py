@@ -361,12 +361,15 @@ def judge(claim: Claim, m: Measurement) -> str:
     return "reproduced" if abs(m.ours - claim.paper) <= max(2 * se, claim.tolerance) else "differs"
 
 
-def evaluate(results: Results, claims: list[Claim] | None = None, available: set[str] | None = None) -> list[Verdict]:
-    """Every claim's verdict; `available`: entries that ran (others are `not available` without looking)."""
+def evaluate(results: Results, claims: list[Claim] | None = None, available: set[str] | None = None,
+             why_not: Mapping[str, str] | None = None) -> list[Verdict]:
+    """Every claim's verdict; `available`: entries that ran (others are `not available` without looking,
+    with `why_not[entry]` as the reason when given)."""
     out = []
     for claim in CLAIMS if claims is None else claims:
         if available is not None and claim.entry not in available:
-            out.append(Verdict(claim, "not available", reason=f"{claim.entry} did not run"))
+            reason = (why_not or {}).get(claim.entry) or "did not run"
+            out.append(Verdict(claim, "not available", reason=f"{claim.entry}: {reason}"))
             continue
         try:
             m = claim.measure(results)

@@ -199,7 +199,9 @@ def write_report(out: Path, entries: list, status: dict, overrides: list[str], s
     out = Path(out)
     done = {n for n, st in status.items() if st.get("status") == "done"}
     results = Results({n: out / "runs" / n for n in done})
-    verdicts = evaluate(results, CLAIMS, available=done)
+    why_not = {n: f"{st.get('status')}: {st.get('reason', '')}".rstrip(": ") for n, st in status.items()
+               if n not in done}
+    verdicts = evaluate(results, CLAIMS, available=done, why_not=why_not)
     claims = verdict_table(verdicts)
     records.write_atomic(out / "claims.csv", claims.to_csv(index=False))
     records.write_atomic(out / "claims.md", to_markdown(claims.drop(columns=["doc"])))
