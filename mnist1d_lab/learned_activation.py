@@ -59,40 +59,50 @@ def init_g(seed: int, hidden: int = 100, dtype: torch.dtype = torch.float32,
     return [t.reshape(s).to(device) for t, s in ((w1, (hidden,)), (b1, (hidden,)), (w2, (hidden,)), (b2, ()))]
 
 
-def tanh_table(z: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
-    """tanh(z w1 + b1) for every element of z and hidden unit: (z.numel(), G), as 2 sigmoid(2 u) - 1
-    (the same function; torch's CPU float32 tanh ran ~9x slower than its sigmoid here, 8.5 vs 1.0 ms
-    for this 12,800 x 100 table)."""
-    return torch.addcmul(2 * b1, z.reshape(-1, 1), 2 * w1).sigmoid_().mul_(2).sub_(1)
+def sigmoid_table(z: Tensor, w1: Tensor, b1: Tensor) -> Tensor:
+    """sigmoid(2 (z w1 + b1)) for every element of z and hidden unit: (z.numel(), G). tanh(u) = 2 sigmoid(2u) - 1
+    is how g's tanh is computed: torch's CPU float32 tanh ran ~9x slower than its sigmoid here (8.5 vs
+    1.0 ms for a 12,800 x 100 table)."""
+    return torch.outer(z.reshape(-1), 2 * w1).add_(2 * b1).sigmoid_()  # outer + add: 4x a broadcast addcmul
 
 
 class _G(torch.autograd.Function):
     """g without its output bias and its derivative, (g(z) - b2, g'(z)), with a hand-written backward.
 
-    g(z) - b2 = tanh(z w1 + b1) . w2 and g'(z) = (1 - tanh^2) . (w1 w2), over G hidden units, for every
-    element of z. The (elements x G) tanh table T is the only large tensor saved (autograd would keep
-    three of that size per call), and the backward reads it in a few fused passes. The backward is not
-    itself differentiable (`once_differentiable`): the meta-gradient differentiates the unroll once.
+    With u = z w1 + b1 (elements x G hidden units), tanh(u) = 2 s - 1 for s = sigmoid(2 u), and
+    tanh'(u) = 4 q for q = s - s^2: g(z) - b2 = 2 s.w2 - sum(w2) and g'(z) = 4 q.(w1 w2). The table s is
+    the only large tensor saved (autograd would keep three of that size per call); the backward rebuilds
+    q and r = q s and reduces every gradient to products of those two tables with vectors: a handful of
+    passes over the table, no (elements x G) temporary besides q and r. The backward is not itself
+    differentiable (`once_differentiable`): the meta-gradient differentiates the unroll once.
     """
 
     @staticmethod
     def forward(ctx, z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
-        T = tanh_table(z, w1, b1)  # (N, G)
-        g = T @ w2
-        dg = (w1 * w2).sum() - (T * T) @ (w1 * w2)
-        ctx.save_for_backward(z, w1, w2, T)
+        s = sigmoid_table(z, w1, b1)  # (N, G)
+        g = 2 * (s @ w2) - w2.sum()
+        dg = 4 * (torch.addcmul(s, s, s, value=-1) @ (w1 * w2))
+        ctx.save_for_backward(z, w1, w2, s)
         return g.view_as(z), dg.view_as(z)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_g: Tensor, grad_dg: Tensor):
-        z, w1, w2, T = ctx.saved_tensors
-        gg, gd = grad_g.reshape(-1), grad_dg.reshape(-1)
-        S = 1 - T * T  # tanh' (N, G)
-        dT = torch.addcmul(torch.outer(gg, w2), torch.outer(gd, -2 * w1 * w2), T)  # d/dT of both outputs
-        dpre = dT.mul_(S)  # d/d(z w1 + b1)
-        gd_s = gd @ S  # (G,): the dg output's direct terms in w1 and w2
-        return ((dpre @ w1).view_as(z), z.reshape(-1) @ dpre + gd_s * w2, dpre.sum(0), gg @ T + gd_s * w1)
+        z, w1, w2, s = ctx.saved_tensors
+        gg, gd, zf = grad_g.reshape(-1), grad_dg.reshape(-1), z.reshape(-1)
+        c = w1 * w2
+        q = torch.addcmul(s, s, s, value=-1)  # tanh'(u) / 4
+        r = q * s
+        # d(loss)/du_ij = 4 q_ij (gg_i w2_j + 2 gd_i c_j) - 16 r_ij gd_i c_j, then contracted with w1 (-> dz),
+        # with ones (-> db1) and with z (-> dw1 through u)
+        qa = q @ (w2 * w1), q @ (c * w1)  # matrix-vector products: 3x one (N, G) @ (G, 2) product on CPU
+        qt = torch.stack([gg, gd, gg * zf, gd * zf]) @ q  # (4, G)
+        rt = torch.stack([gd, gd * zf]) @ r  # (2, G)
+        dz = 4 * gg * qa[0] + 8 * gd * qa[1] - 16 * gd * (r @ (c * w1))
+        db1 = 4 * w2 * qt[0] + 8 * c * qt[1] - 16 * c * rt[0]
+        dw1 = 4 * w2 * qt[2] + 8 * c * qt[3] - 16 * c * rt[1] + 4 * qt[1] * w2  # last: g' through c = w1 w2
+        dw2 = 2 * (gg @ s) - gg.sum() + 4 * qt[1] * w1
+        return dz.view_as(z), dw1, db1, dw2
 
 
 def learned(phi: Phi, base: str = "elu", scale: float = 0.2, noise: Tensor | None = None) -> Activation:
@@ -217,7 +227,7 @@ class LearnedActivation(nn.Module):
             self.register_buffer(name, torch.as_tensor(t, dtype=torch.float32).clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        g = (tanh_table(x, self.w1, self.b1) @ self.w2).view_as(x) + self.b2
+        g = (2 * (sigmoid_table(x, self.w1, self.b1) @ self.w2) - self.w2.sum()).view_as(x) + self.b2
         return self.base(x)[0] + self.scale * g
 
     @classmethod

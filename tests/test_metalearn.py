@@ -173,3 +173,17 @@ def test_models_activation_table_builds_the_learned_function(tmp_path):
     assert torch.allclose(_activation("learned", str(path))(x), la.learned(phi)(x)[0], atol=1e-6)
     with pytest.raises(ConfigError, match="model.activation_path"):
         _activation("learned", None)
+
+
+def test_g_backward_by_hand_passes_gradcheck():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 4, generator=gen, dtype=F64, requires_grad=True)
+    w1, b1, w2 = (torch.randn(5, generator=gen, dtype=F64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(la._G.apply, (z, w1, b1, w2))
+
+
+def test_scale_name_selects_the_experiment_scale():
+    from mnist1d_lab.experiments import metalearn_activation
+
+    k = metalearn_activation.validated(compose_cfg("experiment=metalearn_activation", "+scale_name=quick"))
+    assert k["scale"] == "quick" and k["outer_steps"] == 40 and k["inner_steps"] == 301

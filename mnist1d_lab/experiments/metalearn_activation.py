@@ -6,8 +6,8 @@ Question: can gradient-based metalearning find an activation function f = ELU + 
           to honest test accuracy on inner models it was never meta-trained on?
 Command:  python -m mnist1d_lab experiment=metalearn_activation             (301 outer steps)
           python -m mnist1d_lab experiment=metalearn_activation scale=quick (40 outer steps)
-CPU time: about 3-8 s per outer step on 2 busy cores (each backpropagates through a 301-step unroll):
-          roughly 20-40 min for the figure, 3-5 min at scale=quick; peak memory about 1.5 GB.
+CPU time: about 5 s per outer step on 2 busy cores, 1.8 CPU-s (each backpropagates through a 301-step
+          unroll): ~26 min for the figure there (5-9 min on idle cores), ~4 min at scale=quick; 2.3 GB peak.
 Expected: the learned function beats ReLU on the meta-objective and on test accuracy (the original
           notebook: 68.4 % against ReLU's ~59 %, on its first 500 test examples; see docs/metalearning.md).
 
