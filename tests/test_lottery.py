@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from helpers import compose_cfg, run_lab, sweep_dirs
 
 from mnist1d_lab import lottery as lt
+from mnist1d_lab import runner
 from mnist1d_lab.context import RunContext
 from mnist1d_lab.errors import ConfigError
 from mnist1d_lab.experiments import lottery as exp
@@ -205,6 +206,11 @@ def test_bad_knobs_raise_config_errors():
         exp.knobs(_smoke_cfg("lottery.prune=neuron"))
     with pytest.raises(ConfigError, match="model.name"):
         exp.knobs(_smoke_cfg("model=cnn"))
+    for override, key in (("lottery.schedule=cubic", "lottery.schedule"), ("lottery.rate=1.5", "lottery.rate"),
+                          ("+lottery.roundz=3", "lottery.roundz")):
+        with pytest.raises(ConfigError, match=key):  # before any job launches (CONFIG_NODE, validate)
+            runner.validate(_smoke_cfg(override))
+    runner.validate(_smoke_cfg())
 
 
 def test_lottery_smoke_through_the_entry_point(tmp_path):

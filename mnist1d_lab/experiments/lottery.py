@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..context import RunContext
     from ..protocol import TrainResult
 
+CONFIG_NODE = "lottery"  # the runner checks its keys against conf/experiment/lottery.yaml, then calls validate
 ARMS = ("transfer", "reversed", "shuffled", "halves_swapped", "new_seed_init")
 RANDOM_STREAM, NULL_STREAM = 11, 12  # generator streams of a trial: random tickets, adjacency null
 
@@ -54,41 +55,55 @@ def _gen(seed: int, stream: int, index: int):
 
 
 def knobs(cfg: DictConfig) -> dict:
-    """cfg.lottery as plain Python, validated (ConfigError naming the key)."""
+    """cfg.lottery as plain Python, validated with the model (ConfigError naming the key)."""
     from omegaconf import OmegaConf
 
     if cfg.model.name != "mlp":
         raise ConfigError("model.name", cfg.model.name, "mlp (lottery tickets prune the residual MLP)")
-    lc = OmegaConf.to_container(cfg.lottery, resolve=True)
-    pos = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+    validate(cfg.lottery)
+    return OmegaConf.to_container(cfg.lottery, resolve=True)
+
+
+def validate(node) -> None:
+    """Check the `lottery` node (the runner calls it before any job launches; no torch here)."""
+    from omegaconf import OmegaConf
+
+    lc = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    pos = lambda v: is_int(v) and v >= 1  # noqa: E731
     for part in ("search", "ablation"):
         for key in ("batch_size", "steps", "eval_every"):
             if not pos(lc[part][key]):
                 raise ConfigError(f"lottery.{part}.{key}", lc[part][key], "a positive integer")
         if not isinstance(lc[part]["lr"], int | float) or lc[part]["lr"] <= 0:
             raise ConfigError(f"lottery.{part}.lr", lc[part]["lr"], "a positive number")
+    if lc["schedule"] not in ("linear", "geometric"):  # lottery.SCHEDULES
+        raise ConfigError("lottery.schedule", lc["schedule"], "one of ['linear', 'geometric']")
+    if lc["schedule"] == "linear" and not (is_int(lc["rounds"]) and lc["rounds"] >= 2):
+        raise ConfigError("lottery.rounds", lc["rounds"], "an integer >= 2")
+    for key in ("rate", "target"):
+        if lc["schedule"] == "geometric" and not (isinstance(lc[key], int | float) and 0 < lc[key] < 1):
+            raise ConfigError(f"lottery.{key}", lc[key], "a fraction in (0, 1)")
     steps = lc["search"]["steps"]
     for key, allow_null in (("score_step", True), ("rewind_step", False)):
         v = lc[key]
-        if not ((v is None and allow_null) or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= steps)):
+        if not ((v is None and allow_null) or (is_int(v) and 0 <= v <= steps)):
             raise ConfigError(f"lottery.{key}", v, f"an integer in [0, lottery.search.steps={steps}]"
                               + (" or null" if allow_null else ""))
-    if not pos(lc["random_stack"]):
-        raise ConfigError("lottery.random_stack", lc["random_stack"], "a positive integer")
-    if not pos(lc["null_samples"]):
-        raise ConfigError("lottery.null_samples", lc["null_samples"], "a positive integer")
-    if not 0 <= lc["ticket_sparsity"] <= 1:
+    for key in ("random_stack", "null_samples"):
+        if not pos(lc[key]):
+            raise ConfigError(f"lottery.{key}", lc[key], "a positive integer")
+    if not isinstance(lc["ticket_sparsity"], int | float) or not 0 <= lc["ticket_sparsity"] <= 1:
         raise ConfigError("lottery.ticket_sparsity", lc["ticket_sparsity"], "a fraction in [0, 1]")
-    if lc["prune"] not in ("layer", "global"):  # lottery.PRUNE_MODES (torch is not imported here)
+    if lc["prune"] not in ("layer", "global"):  # lottery.PRUNE_MODES
         raise ConfigError("lottery.prune", lc["prune"], "one of ['layer', 'global']")
     for key in ("data_seed", "init_offset", "reinit_offset"):
         v = lc["ablation"][key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        if not is_int(v) or v < 0:
             raise ConfigError(f"lottery.ablation.{key}", v, "an integer >= 0")
     bad = [a for a in lc["ablation"]["arms"] if a not in ARMS]
     if bad:
         raise ConfigError("lottery.ablation.arms", bad, f"a list of {list(ARMS)}")
-    return lc
 
 
 def run(cfg: DictConfig, ctx: RunContext) -> TrainResult:
