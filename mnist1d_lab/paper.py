@@ -347,8 +347,14 @@ def noise_shear_table(out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        for a in argv:
+            if a.startswith("-"):
+                raise ConfigError("argument", a, "Hydra overrides only (key=value); experiments that sweep say so themselves")
         cfg, overrides = load_config(argv)
         all_entries = entries(cfg)
         scale = scale_of(overrides)

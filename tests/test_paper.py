@@ -3,8 +3,10 @@ progress line, one smoke-scale paper run (resumed from its state file), and its 
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +171,22 @@ def test_docs_list_every_claim_and_entry():
     missing += [e.name for e in paper.entries(cfg) if f"`{e.name}`" not in text]
     assert not missing, f"docs/paper.md lacks {missing}"
     assert "## Where we differ" in text and "## Table 1" in text  # the claims' `doc` anchors
+
+
+def test_killed_paper_resumes_from_state_and_store(smoke_paper):
+    out, _ = smoke_paper
+    state = json.loads((out / "state.json").read_text())
+    del state["finished"]["double_descent"]  # as if killed during double_descent
+    (out / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(out / "runs" / "double_descent" / "0")  # and half its folder gone
+    tmp = out.parent.parent
+    proc = subprocess.run([sys.executable, "-m", "mnist1d_lab.paper", "scale=smoke",
+                           "paper.only=[benchmark,double_descent]"], cwd=tmp, env=lab_env(tmp),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "benchmark: finished before with the same command" in proc.stderr
+    assert "double_descent: python -m mnist1d_lab experiment=double_descent scale=smoke" in proc.stderr
+    log = (out / "runs" / "double_descent.log").read_text()
+    assert re.search(r"sweep: 9/9 runs done \(9 skipped", log), log[-2000:]  # every run from the store
+    assert (out / "figures" / "double_descent" / "figure4.png").is_file()
+    assert "double_descent" in json.loads((out / "state.json").read_text())["finished"]
