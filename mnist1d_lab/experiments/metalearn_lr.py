@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..context import RunContext
     from ..protocol import TrainResult
 
-ORIGINAL = {"lr_from_1.5": 0.6243, "lr_from_0.15": 0.6203, "meta_objective": 1.716}  # the notebook's printout
+ORIGINAL = {"lr": {1.5: 0.6243, 0.15: 0.6203}, "meta_objective": 1.716}  # the notebook's printout, by start
 
 
 CONFIG_NODE = "metalearn"  # the runner checks this node's keys against conf/experiment/metalearn_lr.yaml
@@ -106,13 +106,12 @@ def summarize_run(lr: list[float], starts: list[float], rows: list[dict], grid, 
     out = {"landscape_min_lr": float(grid[best]), "landscape_min_meta_objective": float(meta_grid[best]),
            "grid_step_factor": ratio, "final_lr_spread": float(max(lr) - min(lr))}
     last = max(r["outer_step"] for r in rows) if rows else -1
-    for i, (start, end) in enumerate(zip(starts, lr, strict=True)):
-        tag = f"{start:g}"
-        out[f"final_lr_from_{tag}"] = float(end)
-        out[f"grid_steps_from_min_from_{tag}"] = float(abs(np.log(end / grid[best])) / np.log(ratio))
+    for i, (start, end) in enumerate(zip(starts, lr, strict=True)):  # per trial i: its start and where it ended
+        out[f"initial_lr_{i}"], out[f"final_lr_{i}"] = start, float(end)
+        out[f"grid_steps_from_min_{i}"] = float(abs(np.log(end / grid[best])) / np.log(ratio))
         meta = [r["meta_objective"] for r in rows if r["trial"] == i and r["outer_step"] == last]
-        out[f"final_meta_objective_from_{tag}"] = meta[0] if meta else float("nan")
-    out["distance_to_original_0.62"] = float(max(abs(v - 0.62) for v in lr))
+        out[f"final_meta_objective_{i}"] = meta[0] if meta else float("nan")
+    out["max_distance_to_original_lr"] = float(max(abs(v - 0.62) for v in lr))  # the notebook's "~0.62"
     return out
 
 
@@ -130,11 +129,13 @@ def write_artifacts(ctx: RunContext, rows: list[dict], grid, meta_grid, summary:
     ctx.save_artifact("figure5.pdf", figure_bytes(fig, "pdf"))
     lines = ["# Metalearning a learning rate (Figure 5)", "",
              "| quantity | here | original notebook |", "|---|---|---|"]
-    for key, value in summary.items():
-        if key.startswith("final_lr_from_"):
-            lines.append(f"| learned rate from {key.removeprefix('final_lr_from_')} | {value:.4f} | "
-                         f"{ORIGINAL.get('lr_from_' + key.removeprefix('final_lr_from_'), float('nan')):.4f} |")
-    lines += [f"| meta-objective at the end | {summary.get('final_meta_objective_from_1.5', float('nan')):.4f} | "
+    indices = sorted(int(key.removeprefix("initial_lr_")) for key in summary if key.startswith("initial_lr_"))
+    for i in indices:
+        start = summary[f"initial_lr_{i}"]
+        orig = ORIGINAL["lr"].get(start)
+        lines.append(f"| learned rate from {start:g} | {summary[f'final_lr_{i}']:.4f} | "
+                     f"{'' if orig is None else f'{orig:.4f}'} |")
+    lines += [f"| meta-objective at the end | {min(summary[f'final_meta_objective_{i}'] for i in indices):.4f} | "
               f"{ORIGINAL['meta_objective']:.3f} |",
               f"| landscape minimum (brute force) | {summary['landscape_min_lr']:.4f} "
               f"(meta-objective {summary['landscape_min_meta_objective']:.4f}) | not computed |",
