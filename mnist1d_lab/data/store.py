@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock, Timeout
 
 from ..paths import cache_dir
 from ..records import follow_umask
@@ -113,6 +112,8 @@ def cached(a: dict[str, Any], make: Callable[[dict[str, Any]], dict[str, Any]],
     if d is not None:
         log.info("dataset loaded from cache %s", path)
         return d
+    from filelock import FileLock, Timeout  # here, not at import: it registers exit handlers (asyncio)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path.with_name(f".{path.name}.lock"), timeout=LOCK_TIMEOUT_S)
     try:
