@@ -35,14 +35,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import experiments, paths
 from .errors import ConfigError
+from .report.outputs import gather, noise_shear_table
 
 log = logging.getLogger("mnist1d_lab.paper")
 STATE_FILE = "state.json"   # entries finished, with the command each finished with
 RUNS_DIR = "runs"           # <paper>/runs/<entry>/: the entry's sweep (or run) folder and its log
-FIGURES_DIR, TABLES_DIR = "figures", "tables"
-FIGURE_SUFFIXES, TABLE_SUFFIXES = (".png", ".pdf"), (".csv", ".md")
-SKIP_FILES = {paths.TABLE_PARQUET, "multirun.yaml"}
-MD_MAX_ROWS = 200           # a CSV without its own .md gets one written when it has at most this many rows
 
 
 @dataclass
@@ -126,14 +123,14 @@ def availability(entry: Entry) -> str | None:
         choice = entry.group_choice(group)
         if choice is not None and not conf.joinpath(group, f"{choice}.yaml").is_file():
             return f"not available: no conf/{group}/{choice}.yaml in this lab"
-    name = entry.experiment
-    declared = OmegaConf.load(str(conf.joinpath("experiment", f"{name}.yaml"))).get("experiment_name", name) \
-        if entry.group_choice("experiment") else name
-    for n in {name, declared} - {"double_descent_mse"}:
-        if n not in experiments.EXPERIMENTS:
-            return f"not available: experiment {n!r} is not in mnist1d_lab.experiments.EXPERIMENTS"
-        if importlib.util.find_spec(experiments.EXPERIMENTS[n]) is None:
-            return f"not available: no module {experiments.EXPERIMENTS[n]}"
+    choice = entry.group_choice("experiment")
+    declared = OmegaConf.load(str(conf.joinpath("experiment", f"{choice}.yaml"))).get("experiment_name") \
+        if choice else None  # an experiment file that extends another (double_descent_mse) declares none
+    if declared is not None:
+        if declared not in experiments.EXPERIMENTS:
+            return f"not available: experiment {declared!r} is not in mnist1d_lab.experiments.EXPERIMENTS"
+        if importlib.util.find_spec(experiments.EXPERIMENTS[declared]) is None:
+            return f"not available: no module {experiments.EXPERIMENTS[declared]}"
     return None
 
 
@@ -287,63 +284,6 @@ def run_entry(entry: Entry, overrides: list[str], out: Path, timeout: float | No
     return 0
 
 
-def gather(entry: Entry, out: Path) -> dict[str, list[Path]]:
-    """Copy the entry's figures and tables (its folder's top level and a single run's artifacts) into
-    out/figures/<entry>/ and out/tables/<entry>/; write a .md beside each small CSV that has none."""
-    import pandas as pd
-
-    from .experiments.benchmark import to_markdown
-    from .records import write_atomic
-
-    folder = out / RUNS_DIR / entry.name
-    found = {"figures": [], "tables": []}
-    sources = [folder, folder / paths.ARTIFACTS_DIR]
-    for src in sources:
-        if not src.is_dir():
-            continue
-        for f in sorted(src.iterdir()):
-            if not f.is_file() or f.name in SKIP_FILES or f.name.startswith("."):
-                continue
-            kind = "figures" if f.suffix in FIGURE_SUFFIXES else "tables" if f.suffix in TABLE_SUFFIXES else None
-            if kind is None:
-                continue
-            dst = out / (FIGURES_DIR if kind == "figures" else TABLES_DIR) / entry.name / f.name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, dst)
-            found[kind].append(dst)
-    for csv in [p for p in found["tables"] if p.suffix == ".csv"]:
-        md = csv.with_suffix(".md")
-        if not md.exists():
-            table = pd.read_csv(csv)
-            if len(table) <= MD_MAX_ROWS:
-                write_atomic(md, to_markdown(table))
-                found["tables"].append(md)
-    return found
-
-
-def noise_shear_table(out: Path) -> None:
-    """The noise/shear sweep as one table: final test accuracy % by shear and correlated noise."""
-    import pandas as pd
-
-    from .experiments.benchmark import to_markdown
-    from .records import write_atomic
-
-    src = out / RUNS_DIR / "noise_shear" / paths.TABLE_FILE
-    if not src.is_file():
-        return
-    t = pd.read_csv(src)
-    t = t[t["status"].isin(("complete", "diverged"))]
-    if t.empty or not {"data.shear_scale", "data.corr_noise_scale"} <= set(t.columns):
-        return
-    t = t.assign(acc=100 * t["final_test_acc"])
-    g = t.groupby(["model.name", "data.shear_scale", "data.corr_noise_scale"])["acc"]
-    table = g.agg(["mean", "std", "count"]).round(2).reset_index().rename(
-        columns={"mean": "final_test_acc_mean", "std": "final_test_acc_std", "count": "seeds"})
-    dst = out / RUNS_DIR / "noise_shear"
-    write_atomic(dst / "noise_shear.csv", table.to_csv(index=False))
-    write_atomic(dst / "noise_shear.md", to_markdown(table))
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     argv = sys.argv[1:] if argv is None else argv
@@ -390,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = round(time.time() - t0, 1)
         if rc == 0:
             if entry.name == "noise_shear":
-                noise_shear_table(out)
+                noise_shear_table(out / RUNS_DIR / entry.name)
             done = {"command": signature, "seconds": seconds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
             state["finished"][entry.name] = done
             write_state(out, state)
@@ -403,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info(progress.line())
     for entry, _ in runnable:
         if status[entry.name]["status"] == "done":
-            status[entry.name]["outputs"] = gather(entry, out)
+            status[entry.name]["outputs"] = gather(out / RUNS_DIR / entry.name, out, entry.name)
     from .report.html import write_report
 
     index = write_report(out, [e for e, _ in todo], status, overrides, scale)

@@ -89,7 +89,10 @@ def test_pooling_and_threshold_claims():
     assert _verdict(thresholds(6000, 5000), "mse_threshold_nK").verdict == "not reproduced"
 
 
-def test_unavailable_entry_is_skipped_with_a_note():
+def test_unavailable_entry_is_skipped_with_a_note(monkeypatch):
+    monkeypatch.delitem(paper.experiments.EXPERIMENTS, "tsne")  # a conf file whose module is not registered
+    assert "not in mnist1d_lab.experiments.EXPERIMENTS" in paper.availability(
+        paper.Entry("tsne", overrides=["experiment=tsne"]))
     assert paper.availability(paper.Entry("x", overrides=["experiment=no_such_experiment"])).startswith(
         "not available")
     assert paper.availability(paper.Entry("benchmark", overrides=["experiment=benchmark"])) is None
