@@ -12,6 +12,7 @@ import difflib
 import inspect
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +58,12 @@ class MLP(nn.Module):
     """
 
     def __init__(self, width: int = 100, depth: int = 2, residual: bool = True, activation: str = "relu",
-                 input_len: int = 40, num_classes: int = 10):
+                 activation_path: str | None = None, input_len: int = 40, num_classes: int = 10):
         super().__init__()
         self.residual = residual
         sizes = [input_len] + [width] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        self.act = _activation(activation)
+        self.act = _activation(activation, activation_path)  # activation_path: only for activation=learned
         self.out = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +103,8 @@ class CNN(nn.Module):
 
     def __init__(self, channels: int = 25, depth: int = 3, kernel_sizes: list[int] | None = None,
                  stride: int = 2, padding: int = 1, activation: str = "relu", pool: str = "none",
-                 pool_size: int = 2, input_len: int = 40, num_classes: int = 10):
+                 pool_size: int = 2, activation_path: str | None = None, input_len: int = 40,
+                 num_classes: int = 10):
         super().__init__()
         kernel_sizes = list(kernel_sizes or [5] + [3] * (depth - 1))
         if len(kernel_sizes) != depth:
@@ -119,7 +121,7 @@ class CNN(nn.Module):
         if length < 1:
             raise ConfigError("model.depth", depth, f"few enough layers to keep length >= 1 (input {input_len})")
         self.convs = nn.ModuleList(layers)
-        self.act = _activation(activation)
+        self.act = _activation(activation, activation_path)  # activation_path: only for activation=learned
         self.out = nn.Linear(channels * length, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,6 +233,11 @@ def _check_values(name: str, knobs: dict, input_len: int = 40) -> None:
     """The checks a constructor would otherwise fail on mid-run, made before any work (ConfigError)."""
     if "activation" in knobs and knobs["activation"] not in ACTIVATIONS:
         raise ConfigError("model.activation", knobs["activation"], f"one of {sorted(ACTIVATIONS)}")
+    if knobs.get("activation") == "learned":
+        path = knobs.get("activation_path")
+        if not path or not Path(str(path)).expanduser().is_file():
+            raise ConfigError("model.activation_path", path, "the activation.pt file that experiment="
+                              "metalearn_activation writes (an existing file)")
     for key in ("residual", "bidirectional"):
         if key in knobs and not isinstance(knobs[key], bool):
             raise ConfigError(f"model.{key}", knobs[key], "true or false")

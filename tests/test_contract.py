@@ -156,3 +156,17 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+def test_learned_activation_is_keyed_by_file_content(tmp_path):
+    a, b, c = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "c.pt"
+    a.write_bytes(b"same"), b.write_bytes(b"same"), c.write_bytes(b"other")
+    key = {p: records.run_key(compose_cfg("model=mlp", "model.activation=learned", f"+model.activation_path={p}"))
+           for p in (a, b, c)}
+    assert key[a] == key[b] != key[c]
+
+
+def test_an_experiments_neutral_keys_stay_out_of_its_key():
+    base = compose_cfg("experiment=classwise")
+    assert records.run_key(base) == records.run_key(compose_cfg("experiment=classwise", "human.quiz_dir=/elsewhere"))
+    assert records.run_key(base) != records.run_key(compose_cfg("experiment=classwise", "seed=5"))
