@@ -80,10 +80,20 @@ def _cast_floats(body: dict) -> None:
 
 def run_key(cfg: Mapping | DictConfig) -> str:
     """A short hash of everything in the resolved config that can change the result (integers given
-    for float knobs cast to float first)."""
+    for float knobs cast to float first). Left out: RESULT_NEUTRAL_KEYS, knobs at their NEUTRAL_DEFAULTS,
+    and the dotted keys an experiment lists in its config's `neutral_keys` (e.g. the folder of the human
+    quizzes, which only its summary reads)."""
     body = to_plain(cfg)
     _cast_floats(body)
-    for key in (*RESULT_NEUTRAL_KEYS, *NEUTRAL_DEFAULTS):
+    model = body.get("model") if isinstance(body.get("model"), dict) else {}
+    if model.get("activation_path"):  # a learned activation: its file by content, not by path
+        try:
+            model["activation_path"] = "sha256:" + hashlib.sha256(
+                Path(str(model["activation_path"])).expanduser().read_bytes()).hexdigest()
+        except OSError:
+            pass  # validation reports the missing file
+    extra = body.pop("neutral_keys", None) or []  # an experiment's own result-neutral keys (e.g. classwise: human)
+    for key in (*RESULT_NEUTRAL_KEYS, *NEUTRAL_DEFAULTS, *extra):
         parent, _, leaf = key.rpartition(".")
         node = body.get(parent, {}) if parent else body
         if isinstance(node, dict) and leaf in node and (key not in NEUTRAL_DEFAULTS
