@@ -259,37 +259,46 @@ def dry_run_report(jobs: Sequence[Sequence[str]], cfgs: Sequence[DictConfig], la
 
 
 def _estimate(cfgs: Sequence[DictConfig], calibrate: int = 200) -> str:
-    """Estimated training time of cfgs: the planner's cost (single_cost) of each, in seconds per cost unit
-    measured on up to `calibrate` finished runs in the store (the median); a line saying so."""
+    """Estimated training time of cfgs, a line saying how: the planner's cost (single_cost) of each job,
+    in seconds per cost unit measured on comparable finished runs in the store (same model family, a
+    cost within 10x of the jobs' median: a tiny run's wall time is mostly fixed overhead), the median
+    of up to `calibrate` recent ones; `unknown` without such runs."""
     from omegaconf import OmegaConf
 
     from .batched.schedule import single_cost
 
     if not cfgs:
         return "estimated time: nothing to train"
-    costs = [single_cost(c) for c in cfgs]
-    known = [c for c in costs if c is not None]
+    costs = [(single_cost(c), c.model.name) for c in cfgs]
+    known = [(c, name) for c, name in costs if c is not None]
+    unknown = len(costs) - len(known)
+    extra = f"; {unknown} job(s) without an estimate (the planner does not model them)" if unknown else ""
+    if not known:
+        return f"estimated time: unknown{extra}"
+    typical = {name: sorted(c for c, n in known if n == name)[sum(n == name for _, n in known) // 2]
+               for name in {n for _, n in known}}
+    rates: dict[str, list[float]] = {name: [] for name in typical}
     store = paths.store_dir(cfgs[0].paths.output_dir)
-    rates = []
     folders = sorted(store.glob("*/summary.json"), key=lambda p: -p.stat().st_mtime)[:calibrate] if store.is_dir() else []
     for path in folders:
         summary = records.read_summary(path.parent)
         if summary is None or summary.get("status") != "complete" or not summary.get("wall_time_s"):
             continue
         try:
-            cost = single_cost(OmegaConf.create(yaml.safe_load((path.parent / paths.CONFIG_FILE).read_text())))
+            cfg = OmegaConf.create(yaml.safe_load((path.parent / paths.CONFIG_FILE).read_text()))
+            cost, name = single_cost(cfg), cfg.model.name
         except Exception:  # noqa: BLE001  a record the planner cannot read: not used to calibrate
-            cost = None
-        if cost:
-            rates.append(summary["wall_time_s"] / cost)
-    unknown = len(costs) - len(known)
-    extra = f"; {unknown} job(s) without an estimate (the planner does not model them)" if unknown else ""
-    if not known or not rates:
-        why = " (no finished run in the store to calibrate the planner's cost)" if known else ""
-        return f"estimated time: unknown{why}{extra}"
-    rate = sorted(rates)[len(rates) // 2]
-    return (f"estimated time: about {_hms(rate * sum(known))} of training for {len(known)} job(s), one after "
-            f"another (planner's cost x {rate:.3g} s per unit, the median of {len(rates)} runs in the store){extra}")
+            continue
+        if cost and name in typical and typical[name] / 10 <= cost <= typical[name] * 10:
+            rates[name].append(summary["wall_time_s"] / cost)
+    missing = sorted(name for name, r in rates.items() if not r)
+    if missing:
+        return (f"estimated time: unknown (no comparable finished {'/'.join(missing)} run in the store to "
+                f"calibrate the planner's cost){extra}")
+    total = sum(c * sorted(rates[name])[len(rates[name]) // 2] for c, name in known)
+    runs = sum(map(len, rates.values()))
+    return (f"estimated time: about {_hms(total)} of training for {len(known)} job(s), one after another "
+            f"(planner's cost x seconds per unit, the median of {runs} comparable run(s) in the store){extra}")
 
 
 def _hms(seconds: float) -> str:
