@@ -89,6 +89,19 @@ def test_pooling_and_threshold_claims():
     assert _verdict(thresholds(6000, 5000), "mse_threshold_nK").verdict == "not reproduced"
 
 
+def test_learned_lr_from_both_sides():
+    def lr(summary: dict) -> C.Verdict:
+        return _verdict(C.Results(frames={"metalearn_lr": {"results.csv": pd.DataFrame([summary])}}),
+                        "figure5_learned_lr")
+
+    v = lr({"initial_lr_0": 0.15, "final_lr_0": 0.6203, "initial_lr_1": 1.5, "final_lr_1": 0.6243})
+    assert v.verdict == "reproduced" and v.measurement.n == 2
+    assert lr({"final_lr_from_0.15": 0.50, "final_lr_from_1.5": 0.52}).verdict == "differs"
+    assert lr({"initial_lr_0": 0.15, "final_lr_0": 0.10, "initial_lr_1": 1.5, "final_lr_1": 1.6}).verdict \
+        == "not reproduced"  # both moved away from each other
+    assert lr({"status": "complete"}).verdict == "not available"
+
+
 def test_unavailable_entry_is_skipped_with_a_note(monkeypatch):
     monkeypatch.delitem(paper.experiments.EXPERIMENTS, "tsne")  # a conf file whose module is not registered
     assert "not in mnist1d_lab.experiments.EXPERIMENTS" in paper.availability(

@@ -248,12 +248,25 @@ def _adjacency(results: Results) -> Measurement:
 
 # ----------------------------------------------------------------------------- metalearning
 
-def _learned_lr(results: Results) -> Measurement:
-    run = results.runs("metalearn_lr").iloc[0]
-    ends = {float(k.removeprefix("final_lr_from_")): float(v) for k, v in run.items()
-            if str(k).startswith("final_lr_from_") and pd.notna(v)}
+def _lr_trials(run: pd.Series) -> dict[float, float]:
+    """{initial rate: final rate} of metalearn_lr's trials (summary keys initial_lr_<i> / final_lr_<i>,
+    or final_lr_from_<start>)."""
+    ends = {}
+    for key, value in run.items():
+        key = str(key)
+        if key.startswith("final_lr_from_") and pd.notna(value):
+            ends[float(key.removeprefix("final_lr_from_"))] = float(value)
+        elif key.startswith("final_lr_") and key.removeprefix("final_lr_").isdigit() and pd.notna(value):
+            start = run.get(f"initial_lr_{key.removeprefix('final_lr_')}")
+            if start is not None and pd.notna(start):
+                ends[float(start)] = float(value)
     if not ends:
-        raise Missing("metalearn_lr: no final_lr_from_* columns")
+        raise Missing("metalearn_lr: no final_lr_<i> / final_lr_from_<start> columns")
+    return ends
+
+
+def _learned_lr(results: Results) -> Measurement:
+    ends = _lr_trials(results.runs("metalearn_lr").iloc[0])
     mean, se, n = _stats(list(ends.values()))
     ok = all((end < start) if start > mean else (end > start) for start, end in ends.items())
     return Measurement(mean, se, n, ok, note=", ".join(f"{e:.3f} from {s:g}" for s, e in sorted(ends.items())))
@@ -265,11 +278,14 @@ def _learned_activation(results: Results) -> Measurement:
         raise Missing("metalearn_activation: no learned_minus_relu_test_acc")
     gap = 100 * float(run["learned_minus_relu_test_acc"])
     sd = [float(run.get(f"{a}_test_acc_std", np.nan)) for a in ("learned", "relu")]
-    try:
-        evals = results.csv("metalearn_activation", "activation_eval.csv")
-        n = int(evals.loc[evals["role"] == "eval", "seed"].nunique())
-    except (Missing, KeyError):
-        n = 1
+    n = run.get("eval_seeds")  # inner inits each activation was scored from
+    if n is None or pd.isna(n):
+        try:
+            evals = results.csv("metalearn_activation", "activation_eval.csv")
+            n = evals.loc[evals["role"] == "eval", "seed"].nunique()
+        except (Missing, KeyError):
+            n = 1
+    n = max(1, int(n))
     se = 100 * math.sqrt(sum(s ** 2 for s in sd) / n) if n > 1 and all(np.isfinite(sd)) else float("nan")
     return Measurement(gap, se, n, gap > 0)
 
