@@ -174,10 +174,10 @@ def check_output_dir(argv: list[str]) -> None:
 def _hydra_error(exc: BaseException, argv: list[str]) -> str:
     """One line for an error Hydra raised before any job ran (a key not in the config, a config group
     choice that does not exist, an unwritable folder): the key, and what is allowed."""
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     cause = exc.__cause__
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and getattr(cause, "full_key", None):
         key = cause.full_key
         value = next((a.partition("=")[2] for a in argv if a.lstrip("+~").partition("=")[0] == key), None)
         parent = getattr(cause, "parent_node", None)
