@@ -313,9 +313,11 @@ def _static_env() -> dict:
 
 
 def environment(device: str, seeds: dict, threads: int) -> dict:
-    """Package versions, git revision, device, thread count and seeds of this run."""
-    return {**_static_env(), "device": device, "num_threads": threads, "seeds": seeds,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    """Package versions, git revision, device, seeds of this run, and its torch threads: how many, why (a
+    cpu.Threads carries its reason) and OpenMP's wait policy (PASSIVE from the entry points, cpu.py)."""
+    return {**_static_env(), "device": device, "num_threads": int(threads),
+            "threads_reason": getattr(threads, "reason", None), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "seeds": seeds, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict:

@@ -24,6 +24,10 @@ Last line: `batched speedup mlp32: <r>x, cnn32: <r>x, widths64: <r>x`. ~2.5 min 
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: waiting threads sleep (mnist1d_lab/cpu.py)
+
 import argparse
 import resource
 import statistics
@@ -32,7 +36,7 @@ import time
 import numpy as np
 import torch
 
-from mnist1d_lab import batched, models, train
+from mnist1d_lab import batched, cpu, models, train
 from mnist1d_lab.batched import plan
 
 
@@ -233,4 +237,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    cpu.configure_process()  # as the lab's processes: malloc keeps freed memory, fast exit
     main()

@@ -18,6 +18,10 @@ The arm is timed for --ablation-steps and scaled to 6,000 (the step cost is flat
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: waiting threads sleep (mnist1d_lab/cpu.py)
+
 import argparse
 import copy
 import time
@@ -25,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mnist1d_lab import cpu
 from mnist1d_lab import lottery as lt
 from mnist1d_lab.data import load
 from mnist1d_lab.lottery_train import train_masked
@@ -93,4 +98,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    cpu.configure_process()  # as the lab's processes: malloc keeps freed memory, fast exit
     main()

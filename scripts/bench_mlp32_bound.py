@@ -17,6 +17,10 @@ About 10 s on 2 idle cores.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: waiting threads sleep (mnist1d_lab/cpu.py)
+
 import argparse
 import threading
 import time
@@ -25,7 +29,7 @@ from collections import defaultdict
 import torch
 from bench_batched import case_members, load_data, matmul_gflops, time_single
 
-from mnist1d_lab import batched, models
+from mnist1d_lab import batched, cpu, models
 from mnist1d_lab.batched import ops
 from mnist1d_lab.batched import train as loop
 
@@ -117,4 +121,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    cpu.configure_process()  # as the lab's processes: malloc keeps freed memory, fast exit
     main()

@@ -19,6 +19,10 @@ The last line is `train speedup mlp: <r>x, cnn: <r>x` (original time / our time)
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: waiting threads sleep (mnist1d_lab/cpu.py)
+
 import argparse
 import time
 from types import SimpleNamespace
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mnist1d_lab import cpu
 from mnist1d_lab.models import build_model
 from mnist1d_lab.train import train
 
@@ -151,4 +156,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    cpu.configure_process()  # as the lab's processes: malloc keeps freed memory, fast exit
     main()

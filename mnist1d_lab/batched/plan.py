@@ -11,6 +11,8 @@
 * Side by side: `side_by_side` says how many stacks of a family should train at once on CPU,
   `spread` cuts a large stack into interleaved parts, and `run_side_by_side` runs parts or stacks in
   Python threads with one torch thread each (torch ops release the GIL).
+* Threads: all of it is planned for `batched_threads(num_threads)` threads (2 when num_threads is null),
+  a function of the config alone, so the same config is cut the same way on any machine.
 """
 
 from __future__ import annotations
@@ -124,10 +126,22 @@ def stack_cost(model_cfgs: Sequence[Mapping], device: str | torch.device = "cpu"
 
 
 SIDE_BY_SIDE = ("logistic", "mlp")  # families whose stacks train side by side (side_by_side)
+# The threads a batched program plans and trains with when num_threads is null: two MLP stacks (or parts)
+# side by side on one torch thread each, CNN stacks on 2 torch threads. A constant, not the cores: the
+# same config is cut into the same stacks and parts, and so gives the same float32 numbers, on a laptop
+# and on a server.
+BATCHED_THREADS = 2
+
+
+def batched_threads(num_threads: int | None) -> int:
+    """The threads a batched program plans with (side_by_side, stack_threads, plan_stacks): `num_threads`,
+    or BATCHED_THREADS when null; a function of the config alone, never of the cores."""
+    return BATCHED_THREADS if num_threads is None else int(num_threads)
 
 
 def side_by_side(name: str, threads: int, device: str | torch.device = "cpu") -> int:
-    """How many stacks of family `name` should train at once, each on one torch thread (Python threads).
+    """How many stacks of family `name` should train at once, each on one torch thread (Python threads),
+    in a program of `threads` threads (batched_threads).
 
     MKL's bmm at MLP shapes gains little from a second thread (docs/batched.md), so on 2 cores two MLP
     stacks on one thread each finish sooner than the same two one after the other on two threads:
@@ -203,7 +217,7 @@ def run_side_by_side(fn: Callable, items: Sequence, workers: int, done: Callable
         torch.set_num_threads(threads)
 
 
-MAX_WORKERS = 16  # parts of one stack trained side by side at most (one torch thread each)
+MAX_WORKERS = 16  # stacks or parts side by side at most (one torch thread each), whatever num_threads says
 MIN_SPLIT = 8     # a stack is split only into parts of at least this many members
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from .. import batched, experiments, protocol, records, runner
+from .. import batched, cpu, experiments, protocol, records, runner
 from ..errors import ConfigError
 from ..train import TRAIN_DEFAULTS
 from . import plan
@@ -49,6 +49,7 @@ class _Stack:
     members: list[int]
     cost: float
     side: int  # stacks of its family that train at once (plan.side_by_side)
+    threads: int  # torch threads it trains on: 1 when planned side by side, else its program's threads
 
 
 def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], workers: int = 1,
@@ -66,8 +67,10 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
     `memory_budget_mb` in all); stacks of families that gain from it (plan.side_by_side: MLPs on CPU;
     not with side_by_side=False) train side by side, one torch thread each, longest first, across
     groups (large stacks cut into parts, plan.spread); then the others, one after another on all
-    threads. Records are written as each stack finishes; then, in the calling thread, `done(group
-    index, job index, summary)` is called for each of its jobs (the launcher's per-job bookkeeping).
+    threads. Threads are the config's (plan.batched_threads: num_threads, or 2 when null), never the
+    cores, so a config is cut into the same stacks and parts on any machine. Records are written as
+    each stack finishes; then, in the calling thread, `done(group index, job index, summary)` is called
+    for each of its jobs (the launcher's per-job bookkeeping).
     A failure of a stack is recorded for each of its members; with stop_on_error, stacks not yet
     started are not started. Before any training, `planned([{(group, job): weight}, ...])` gets, per
     stack (jobs that finish together; one job each when run one at a time), each job's share of the
@@ -92,7 +95,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
             sequential.append((g, todo))
             continue
         first = cfgs[todo[0]]
-        device, threads = runner.resolve_device(first.device), runner.setup_torch(first, workers)
+        device, threads = runner.resolve_device(first.device), plan.batched_threads(first.num_threads)
         side = plan.side_by_side(first.model.name, threads, device) if side_by_side else 1
         data = load(first.data, device=device)
         train_cfg = {**TRAIN_DEFAULTS, **first.train}
@@ -101,7 +104,8 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         parts = plan.plan_stacks([cfgs[i].model for i in todo], n_train, int(first.train.batch_size), device,
                                  threads, memory_budget_mb or math.inf, side)  # side by side share the budget
         for part in parts:
-            stacked.append(_Stack(g, [todo[j] for j in part.members], steps * part.cost, side))
+            stacked.append(_Stack(g, [todo[j] for j in part.members], steps * part.cost, side,
+                                  1 if side > 1 else threads))
         contexts[g] = (data, device, threads)
         log.info("training %d runs as one batched program (%s, %d stack(s)%s)", len(todo), first.model.name,
                  len(parts), f", up to {side} side by side" if side > 1 else "")
@@ -116,9 +120,10 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
             progress=first.progress, device=device, plan=False, cuda_graphs=first.get("cuda_graphs", True)),
             "batched stack")
         wall = (time.perf_counter() - start) / len(stack.members)  # the stack's wall time, shared equally
+        threads = _threads_used(first, stack, device)
         for j, i in enumerate(stack.members):
             summaries[stack.group][i] = runner.finish(cfgs[i], Path(out_dirs[i]), results[j] if results else None,
-                                                      error, wall, device, torch.get_num_threads())
+                                                      error, wall, device, threads)
         runner._stop_if_asked(first, error)
         return stack
 
@@ -144,9 +149,22 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         plan.run_side_by_side(run, pool, pool[0].side, notify)
     for stack in stacked:
         if not pool or stack.side == 1:
-            torch.set_num_threads(contexts[stack.group][2])  # its group's thread count (runner.setup_torch)
+            torch.set_num_threads(stack.threads)  # 1 for a lone stack planned side by side
             notify(run(stack))
     return summaries
+
+
+def _threads_used(cfg: DictConfig, stack: _Stack, device: str) -> cpu.Threads:
+    """The torch threads a stack trained on, and why (env.json): called in the thread that trained it."""
+    threads = torch.get_num_threads()  # 1 side by side; else its own, set before it ran
+    parts = len(plan.spread(stack.members, min(threads, plan.MAX_WORKERS))) if plan.on_cpu(device) else 1
+    why = (f"num_threads={cfg.num_threads}" if cfg.num_threads is not None else
+           f"num_threads=null: the batched launcher's {plan.BATCHED_THREADS} threads")
+    if parts > 1:  # train_batched trains it as parts side by side (plan.spread)
+        return cpu.Threads(1, f"{why}; a stack of {len(stack.members)} as {parts} parts side by side, one thread each")
+    if stack.side > 1:
+        return cpu.Threads(threads, f"{why}; {cfg.model.name} stacks side by side, one thread each")
+    return cpu.Threads(threads, f"{why}; {cfg.model.name} stacks one after another on {threads} thread(s)")
 
 
 def _can_stack(cfgs: Sequence[DictConfig]) -> tuple[bool, str]:
