@@ -20,8 +20,7 @@
   sets it in the shell: `export OMP_WAIT_POLICY=PASSIVE`. How many threads a run uses is a
   function of its config alone (`runner.default_threads`, `batched.plan.batched_threads`), never of the
   cores, so a config gives the same float32 numbers on any machine; `Threads` is such a count with its
-  reason (env.json's `threads_reason`). Only how many stacks train at once follows the cores
-  (`usable_cores`).
+  reason (env.json's `threads_reason`).
 
 torch is imported on first use: the entry point imports this module in a launcher's parent too.
 """
@@ -57,8 +56,8 @@ class Threads(int):
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on. Only how many stacks train at once may depend on it, never a
-    thread count or a plan (those follow the config, so results do not depend on the machine)."""
+    """CPU cores this process may run on (joblib's n_jobs=-1). Never a thread count or a plan: those
+    follow the config, so results do not depend on the machine."""
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     return max(1, len(cores))
 
