@@ -10,7 +10,7 @@ and stops the busy processes itself. Workloads:
     cnn32    a batched stack of 32 CNN seeds, 300 steps (hydra/launcher=batched)
     joblib4  4 MLP runs of 1,000 steps, hydra/launcher=joblib with 2 workers
 
-    python scripts/bench_busy.py                  # the lab's policy: ~4-6 min on 2 cores
+    python scripts/bench_busy.py                  # the lab's policy: 1-2 min per repeat on 2 cores
     python scripts/bench_busy.py --only mlp,cnn   # some workloads
     python scripts/bench_busy.py --old            # also the old policy: 2 threads that spin while they wait
 
