@@ -118,7 +118,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         results, error = runner._attempt(lambda: batched.train_batched(  # looked up now: tests replace it
             [cfgs[i].model for i in stack.members], [cfgs[i].seed for i in stack.members], data, first.train,
             progress=first.progress, device=device, plan=False, cuda_graphs=first.get("cuda_graphs", True)),
-            "batched stack")
+            "batched stack", record_config_errors=True)  # a sweep's job: recorded, never stops the others
         wall = (time.perf_counter() - start) / len(stack.members)  # the stack's wall time, shared equally
         threads = _threads_used(first, stack, device)
         for j, i in enumerate(stack.members):
@@ -142,7 +142,7 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
     for g, todo in sequential:
         for i in todo:
             cfgs, out_dirs = groups[g]
-            summaries[g][i] = runner.execute(cfgs[i], out_dirs[i], workers)
+            summaries[g][i] = runner.execute(cfgs[i], out_dirs[i], workers, in_sweep=True)
             if done:
                 done(g, i, summaries[g][i])
     if pool:
