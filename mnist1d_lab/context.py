@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,25 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import paths
+from .records import write_bytes_atomic
 
 log = logging.getLogger("mnist1d_lab.run")
 T = TypeVar("T")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        from .records import follow_umask  # mkstemp makes 0600: the file gets the umask's mode instead
-
-        follow_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def encode(name: str, value: Any) -> bytes:

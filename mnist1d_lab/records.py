@@ -120,18 +120,24 @@ def follow_umask(path: str | os.PathLike, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to path via a temporary file in the same folder and a rename (mode as the umask says)."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write data to path via a temporary file in the same folder and a rename (mode as the umask says)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        follow_umask(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        follow_umask(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to path atomically (write_bytes_atomic)."""
+    write_bytes_atomic(path, text.encode())
 
 
 def write_record(folder: Path, cfg: Mapping | DictConfig, summary: dict, curves_csv: str | None,

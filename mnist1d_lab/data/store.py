@@ -55,14 +55,15 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write arrays to `path` atomically (temp file in the same folder + os.replace)."""
+def _write_atomic(path: str | os.PathLike, write) -> Path:
+    """Call write(file) on a temp file in path's folder, sync it, give it the umask's mode and rename it
+    over path: readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         follow_umask(tmp)
@@ -71,6 +72,11 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays to `path` atomically (temp file in the same folder + os.replace)."""
+    return _write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def cache_path(a: dict[str, Any]) -> Path:
@@ -147,18 +153,7 @@ def load_frozen(path: str | os.PathLike) -> dict[str, Any]:
 
 def to_pickle(thing: Any, path: str | os.PathLike) -> Path:
     """Pickle `thing` to `path` (protocol 3, as the original's to_pickle), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(thing, f, protocol=3)
-        follow_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _write_atomic(path, lambda f: pickle.dump(thing, f, protocol=3))
 
 
 def from_pickle(path: str | os.PathLike) -> Any:
