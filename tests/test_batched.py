@@ -188,10 +188,12 @@ def test_plan_stacks_is_plan_groups_cut_for_stacks_side_by_side():
     buckets = plan.plan_groups(cfgs, 4000, 1024, 100, "cpu", threads=1)  # MLP stacks: one torch thread each
     assert [s.members for s in two] == [part for g in buckets for part in plan.spread(g, 2)]
     assert all(s.threads == 1 and s.cost == plan.stack_cost([cfgs[i] for i in s.members]) for s in two)
-    cnn = _member_cfgs("cnn", [4, 8, 60, 64])
+    cnn = _member_cfgs("cnn", [4, 8, 60, 64])  # CNN stacks side by side too: one thread each
     one = plan.plan_stacks(cnn, 4000, 100, "cpu", threads=2)
-    assert [s.members for s in one] == plan.plan_groups(cnn, 4000, float("inf"), 100, "cpu", threads=2)
-    assert {s.threads for s in one} == {2} and plan.plan_stacks([], 4000, 100, "cpu", 2) == []
+    assert [s.members for s in one] == plan.plan_groups(cnn, 4000, float("inf"), 100, "cpu", threads=1)
+    assert {s.threads for s in one} == {1} and plan.plan_stacks([], 4000, 100, "cpu", 2) == []
+    gpu = plan.plan_stacks(_member_cfgs("cnn", [4, 8]), 4000, 100, "cuda", threads=2)  # on a GPU: one at a time
+    assert {s.threads for s in gpu} == {1}
 
 
 def test_member_batches_draw_what_each_member_would_draw_alone():
@@ -261,7 +263,8 @@ def test_stacks_on_several_threads_pay_for_whole_rounds_of_threads():
     assert all(len(g) % 2 == 0 for g in two if g[0] >= 35), two
     assert any(len(g) % 2 for g in one if g[0] >= 35), one  # the rounding, not the grid, makes them even
     assert sorted(c for g in two for c in g) == channels
-    assert plan.stack_threads("mlp", 2) == 1 and plan.stack_threads("cnn", 2) == 2  # MLP stacks: side by side
+    assert plan.stack_threads("mlp", 2) == 1 and plan.stack_threads("cnn", 2) == 1  # both side by side
+    assert plan.stack_threads("gru", 2) == 2 and plan.stack_threads("cnn", 2, "cuda") == 1
     assert plan.stack_threads("cnn", 2, "cuda") == 1
 
 

@@ -125,7 +125,7 @@ def stack_cost(model_cfgs: Sequence[Mapping], device: str | torch.device = "cpu"
     return overhead + thread_slots(len(model_cfgs), threads if cpu else 1) * max(_member_cost(c, cpu) for c in model_cfgs)
 
 
-SIDE_BY_SIDE = ("logistic", "mlp")  # families whose stacks train side by side (side_by_side)
+SIDE_BY_SIDE = ("logistic", "mlp", "cnn")  # families whose stacks train side by side (side_by_side)
 # The threads a batched program plans and trains with when num_threads is null: two MLP stacks (or parts)
 # side by side on one torch thread each, CNN stacks on 2 torch threads. A constant, not the cores: the
 # same config is cut into the same stacks and parts, and so gives the same float32 numbers, on a laptop
@@ -145,9 +145,12 @@ def side_by_side(name: str, threads: int, device: str | torch.device = "cpu") ->
 
     MKL's bmm at MLP shapes gains little from a second thread (docs/batched.md), so on 2 cores two MLP
     stacks on one thread each finish sooner than the same two one after the other on two threads:
-    1.38-1.54x for double-descent MLP stacks (4 repeats, 2,000 steps). CNN stacks' larger products do
-    use both threads (one thread each was 1.65-2x slower per stack; side by side 0.82-1.06x), so they
-    run one at a time on all threads. On CUDA, stacks run one at a time.
+    1.38-1.54x for double-descent MLP stacks (4 repeats, 2,000 steps). CNN stacks train side by side too:
+    their products do use a second thread, but two threads that sleep while they wait (the passive
+    OpenMP policy the entry points set, cpu.py) wake up late for every small parallel region; one
+    thread each, nothing waits. The full double-descent figure took 9:23 this way, 9:32 with its CNN
+    stacks on 2 spinning threads and 13:57 on 2 sleeping ones (2-core x86 CPU). On CUDA, stacks run
+    one at a time.
     """
     if name not in SIDE_BY_SIDE or not on_cpu(device):
         return 1

@@ -8,9 +8,8 @@ Command:  python -m mnist1d_lab experiment=double_descent            (MLP clean,
           python -m mnist1d_lab experiment=double_descent scale=quick   (the CNN grid's flat tail thinned: 58 runs)
           python -m mnist1d_lab experiment=double_descent_mse        (CE vs MSE x n in 1k/2k/4k: 60 runs)
           python scripts/figure4.py [--mse] [--smoke]                (runs the above, prints the outputs)
-CPU time: on 2 cores with the batched launcher 12.5-13.5 min for the 67 runs (25-31 min with older code on a
-          slower host CPU), about half that with scale=quick, ~5 min for the CE-vs-MSE
-          study (docs/double_descent.md); the original notebook took 11 + 13 + 47 min.
+CPU time: on 2 cores with the batched launcher about 9.5 min for the 67 runs, less with scale=quick, ~5 min
+          for the CE-vs-MSE study (docs/double_descent.md); the original notebook took 11 + 13 + 47 min.
 Expected: noisy MLP: test error ~47 % at h~16, a peak ~54 % near h~47-61 where train error reaches 0
           (~5-7k parameters, near n = 4,000, far below n*K = 40,000), then ~45 % at h=300; clean MLP:
           68 -> 37 % without a pronounced peak; noisy CNN: ~20 % at c=10, peak ~34 % at c~18, ~28 % at 100.
