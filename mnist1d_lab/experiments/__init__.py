@@ -47,8 +47,10 @@ Optional module attributes:
     CONFIG_FILE = path the YAML file that declares the node's keys, when it is not
                        `conf/experiment/<experiment_name>.yaml` (an experiment outside the package).
 
-Run keys hash the resolved config without paths, threads, device, progress or save_model
-(`records.run_key`), so a finished run is found again by any launcher on any machine.
+Run keys hash the resolved config without paths, threads, device, progress, save_model, dry_run and the
+dotted keys an experiment's YAML lists under `neutral_keys` (what only its summary reads, e.g. classwise's
+`human`); a learned activation counts by its file's content (`records.run_key`). So a finished run is
+found again by any launcher on any machine.
 """
 
 from __future__ import annotations
