@@ -9,8 +9,7 @@ Command:  python -m mnist1d_lab experiment=lottery                 (2 trials: se
           python -m mnist1d_lab experiment=lottery scale=quick     (15 geometric rounds to 95.6 %, short ablations)
           python -m mnist1d_lab experiment=lottery scale=smoke     (seconds; the numbers mean nothing)
 CPU time: ~270 TFLOP: estimated 35-45 min on an idle 2-core CPU with the two trials side by side,
-          scale=quick ~5-7 min; one quick trial with one ablation arm took 7-8.5 min on a loaded 2-core CPU
-          (docs/lottery.md, scripts/bench_lottery.py).
+          scale=quick 4.5 min (both trials, every arm; docs/lottery.md, scripts/bench_lottery.py).
 Expected: the original printed 75.6 / 74.4 % for the 92 % lottery ticket vs 60.6 / 61.8 % for the random
           ticket and 66.4 / 64.8 % dense; in the ablations the ticket beat the random mask everywhere but
           the dense model only on the transfer and new-init arms; lottery p2 ~0.009 vs random ~0.006.
