@@ -6,9 +6,9 @@ Question: is pooling a prior that pays in the low-data regime and costs in the h
 Command:  python -m mnist1d_lab experiment=pooling                 (5 variants x 6 sizes x 3 seeds = 90 runs)
           python -m mnist1d_lab experiment=pooling scale=quick     (sizes 1k, 5k, 50k: 45 runs)
           python -m mnist1d_lab experiment=pooling seed=0          (the original's one seed: 30 runs)
-CPU time: estimated (docs/pooling.md): 35-40 min with two joblib workers on 2 busy cores, 10-15 idle;
-          one run takes 20-120 s on one busy thread; evaluating the training rows and the 10,000 test
-          rows every 100 steps is 10-25 % of a 1k run and 30-70 % of a 50k run.
+CPU time: scale=quick (45 runs) 6 min with two joblib workers on a 2-core x86 CPU; the full 90 runs about
+          11 min (estimated from it: the extra sizes evaluate fewer rows); evaluating the training rows and
+          the 10,000 test rows every 100 steps is most of a 50k run (docs/pooling.md).
 Expected: at 1k max / avg / L2 pooling ~74-78 % against ~59 % without pooling (original run: +19 points;
           ours, seed 0: +14 to +17); the advantage shrinks to ~1-2 points at 50k (original: 98.1 max vs
           96.3 none; ours, seed 0: 97.7 vs 96.1).
