@@ -6,7 +6,7 @@ Question: is pooling a prior that pays in the low-data regime and costs in the h
 Command:  python -m mnist1d_lab experiment=pooling                 (5 variants x 6 sizes x 3 seeds = 90 runs)
           python -m mnist1d_lab experiment=pooling scale=quick     (sizes 1k, 5k, 50k: 45 runs)
           python -m mnist1d_lab experiment=pooling seed=0          (the original's one seed: 30 runs)
-CPU time: scale=quick (45 runs) 6 min with two joblib workers on a 2-core x86 CPU; the full 90 runs about
+CPU time: scale=quick (45 runs) 6 min on a 2-core x86 CPU (joblib, one run per core); the full 90 runs about
           11 min (estimated from it: the extra sizes evaluate fewer rows); evaluating the training rows and
           the 10,000 test rows every 100 steps is most of a 50k run (docs/pooling.md).
 Expected: at 1k max / avg / L2 pooling ~74-78 % against ~59 % without pooling (original run: +19 points;
