@@ -102,6 +102,45 @@ def test_val_split_gives_each_member_its_own_rows(random_data):
         assert "val_acc" in res[0].curves and "val_selected_test_acc" in res[0].summary
 
 
+POOLED_CNN = {"depth": 2, "kernel_sizes": [3, 3], "stride": 1, "padding": 1}  # model=cnn_pool, narrower
+
+
+@pytest.mark.parametrize("pool,order", [("max", "sequential"), ("avg", "reshuffle"), ("l2", "sequential")])
+def test_pooled_cnns_stack_as_their_plain_models_float64(random_data, pool, order):
+    """Pooling in the stack (autograd step) is the plain model's own pooling, members of several widths."""
+    cfg = {"steps": 60, "eval_every": 20, "batch_size": 50, "batch_order": order, "lr": 0.01}
+    _compare(_member_cfgs("cnn", [4, 7], **POOLED_CNN, pool=pool, pool_size=2), [3, 4], _double(random_data), cfg)
+
+
+@pytest.mark.parametrize("order", ["sequential", "reshuffle"])
+def test_members_of_nested_train_sizes_train_as_their_plain_runs_float64(random_data, order):
+    """train_size per member (the pooling sweep's nested sets): each member draws its own batches from its
+    own first n rows and is scored on them, exactly as a plain run of that size."""
+    cfg = {"steps": 30, "eval_every": 10, "batch_size": 50, "batch_order": order, "lr": 0.01}
+    cfgs, seeds, sizes = _member_cfgs("cnn", [4, 4, 6], **POOLED_CNN, pool="max"), [3, 4, 3], [100, 300, 550]
+    data = _double(random_data)
+    results = batched.train_batched(cfgs, seeds, data, cfg, progress=False, train_sizes=sizes)
+    for c, seed, n, rb in zip(cfgs, seeds, sizes, results, strict=True):
+        r1 = train.train(models.build_model(c, seed).double(), data, {**cfg, "train_size": n}, seed, progress=False)
+        assert rb.summary["n_train"] == r1.summary["n_train"] == n
+        np.testing.assert_allclose(rb.curves.to_numpy(float), r1.curves.to_numpy(float), rtol=1e-6, atol=1e-12)
+        for p, q in zip(rb.model.parameters(), r1.model.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)
+    assert len({r.summary["final_train_acc"] for r in results}) == 3  # scored on their own rows
+
+
+def test_train_sizes_may_differ_only_for_nested_whole_batch_sets():
+    mlp = _member_cfgs("mlp", [8, 8])
+    assert batched.can_batch(mlp, {"batch_size": 50}, [100, 300]) == (True, "")
+    assert batched.can_batch(mlp, {"batch_size": 50, "epochs": 3}, [100, 100])[0]  # equal sizes: as ever
+    for cfg, sizes in (({"batch_size": 50, "epochs": 3}, [100, 300]), ({"batch_size": 50, "val_split": 0.1}, [100, 300]),
+                       ({"batch_size": 50}, [100, 330]), ({"batch_size": 50}, [None, 300])):
+        ok, reason = batched.can_batch(mlp, cfg, sizes)
+        assert not ok and "train.train_size" in reason, (cfg, sizes)
+    with pytest.raises(ConfigError, match="train_size"):
+        batched.train_batched(mlp, [0, 1], None, {"batch_size": 50}, train_sizes=[100, 330])
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_padded_entries_stay_exactly_zero(random_data, name):
     seen = []
@@ -165,7 +204,9 @@ def test_can_batch_accepts_only_the_knobs_the_stacked_path_implements():
              "activation": "relu"}
     assert batched.can_batch([paper, {**paper, "channels": 4}], {**train.TRAIN_DEFAULTS}) == (True, "")
     assert batched.can_batch([{**paper, "pool": "none", "pool_size": 2}] * 2, {})[0]
-    for extra in ({"pool": "max"}, {"dropout": 0.1}, {"activation": "softplus"}, {"activation": "sigmoid"},
+    pooled = {**paper, "depth": 2, "kernel_sizes": [3, 3], "stride": 1, "pool": "max", "pool_size": 2}
+    assert batched.can_batch([pooled, {**pooled, "channels": 4}], {}) == (True, "")
+    for extra in ({"pool": "median"}, {"dropout": 0.1}, {"activation": "softplus"}, {"activation": "sigmoid"},
                   {"activation": "learned"}):
         ok, reason = batched.can_batch([{**paper, **extra}] * 2, {})
         assert not ok and f"model.{next(iter(extra))}" in reason, (extra, reason)
@@ -199,7 +240,7 @@ def test_plan_stacks_is_plan_groups_cut_for_stacks_side_by_side():
 def test_member_batches_draw_what_each_member_would_draw_alone():
     gens = lambda: [protocol.generator(s, "batch_order") for s in (3, 4)]  # noqa: E731
     alone = [protocol.batches(130, 50, "reshuffle", g) for g in gens()]  # short last batch: 130 = 2 * 50 + 30
-    stacked = loop._member_batches(130, 50, gens(), "cpu")
+    stacked = loop._member_batches([130, 130], 50, gens(), "cpu")
     for _ in range(9):  # three epochs
         idx = next(stacked)
         assert torch.equal(idx, torch.stack([next(o) for o in alone]))
@@ -415,3 +456,20 @@ def test_only_batchable_experiments_are_stacked_the_others_run_through_the_runne
     assert schedule.group_key(cfgs[0]) is None and schedule.single_cost(cfgs[0]) is None
     assert [s["status"] for s in schedule.execute_groups([(cfgs, dirs)])[0]] == ["complete"] * 2
     assert stacked == [] and alone == dirs
+
+
+def test_the_pooling_sweeps_nested_sizes_and_seeds_share_one_stack_per_variant():
+    """group_key: jobs that differ in seed and in a nested, whole-batch train_size train as one stack;
+    a val split (rows depend on the seed) or another variant keeps them apart."""
+    from helpers import compose_cfg
+
+    from mnist1d_lab.batched import schedule
+
+    def key(*overrides):
+        return schedule.group_key(compose_cfg("experiment=pooling", *overrides))
+
+    same = {key(f"train.train_size={n}", f"seed={s}") for n in (1000, 5000, 50000) for s in (0, 2)}
+    assert len(same) == 1 and None not in same
+    assert key("train.train_size=1000", "train.val_split=0.1") != key("train.train_size=5000", "train.val_split=0.1")
+    assert key("train.train_size=1050") != key("train.train_size=1000")  # not whole batches: a group of its own
+    assert key("model.pool=avg") != key("model.pool=max")

@@ -19,6 +19,9 @@ Why zero padding is exact (members of different `width` / `channels`, padded to 
     member receives exactly its own gradient (a mean would scale it by 1/K).
   This holds up to floating-point summation order (bmm vs addmm): equal to ~1e-15 in float64; in
   float32 trajectories drift apart chaotically after ~100 Adam steps, as they do between thread counts.
+  * Pooling (CNN `pool` max / avg / l2, after each conv's activation, as the plain model) acts per
+    member and channel: a padded channel's window is all zeros, pooled to exactly 0, and its gradient
+    is 0 (l2's square root at 0 is guarded by a ReLU whose backward passes nothing at 0, as in plain).
   No masks are needed in the forward pass; `padding_masks()` exists for tests and weight decay checks.
   MODEL_KEYS lists the model knobs and values StackedModel implements (activations with act(0) = 0
   only); `can_batch` refuses the rest, which a stack would otherwise silently ignore.
@@ -61,7 +64,7 @@ MODEL_KEYS: dict[str, dict[str, tuple | None]] = {
     "logistic": {"name": _ANY},
     "mlp": {"name": _ANY, "width": _ANY, "depth": _ANY, "residual": _ANY, "activation": tuple(ACT_FNS)},
     "cnn": {"name": _ANY, "channels": _ANY, "depth": _ANY, "kernel_sizes": _ANY, "stride": _ANY, "padding": _ANY,
-            "activation": tuple(ACT_FNS), "pool": ("none",), "pool_size": _ANY},  # pool_size: unused without a pool
+            "activation": tuple(ACT_FNS), "pool": plain.POOLS, "pool_size": _ANY},
 }
 
 
@@ -122,6 +125,7 @@ class StackedModel(nn.Module):
         if self.name == "cnn":
             convs = small[0].convs
             self.conv_args = [(c.stride[0], c.padding[0]) for c in convs]
+            self.pool, self.pool_size = small[0].pool, small[0].pool_size
             self.cw = nn.ParameterList(zeros(c.kernel_size[0], K, P) if i == 0 else zeros(K, c.kernel_size[0], P, P)
                                        for i, c in enumerate(convs))
             self.cb = nn.ParameterList(zeros(K, P) for _ in convs)
@@ -192,8 +196,9 @@ class StackedModel(nn.Module):
         return StackedHead.apply(self.features(x), self.wo, self.bo)
 
     def can_hand_step(self, x: torch.Tensor) -> bool:
-        """Whether hand_grads applies: CPU (on CUDA the autograd update is replayed as a graph), not logistic."""
-        return self.hand_backward and x.is_cpu and self.name != "logistic"
+        """Whether hand_grads applies: CPU (on CUDA the autograd update is replayed as a graph), not
+        logistic, no pooling (ops.py has no pooling layer: a pooled CNN's step goes through autograd)."""
+        return self.hand_backward and x.is_cpu and self.name != "logistic" and getattr(self, "pool", "none") == "none"
 
     def hand_grads(self, x: torch.Tensor, y: torch.Tensor, loss: str, weight: torch.Tensor) -> torch.Tensor:
         """One training step's gradients without autograd where ops.py can: sets every parameter's
@@ -266,14 +271,23 @@ class StackedModel(nn.Module):
             B, L1 = patches.shape[1:3]
             h = torch.baddbmm(self.cb[0].unsqueeze(1), patches.reshape(K, B * L1, k0), self.cw[0].permute(1, 0, 2))
             h = h.view(K, B, L1, P)
-        h = self.act(h)
+        h = self._pool(self.act(h))
         for (stride, pad), w, b in zip(self.conv_args[1:], self.cw[1:], self.cb[1:], strict=True):
             ks = w.shape[1]
             patches = plain.Im2col.apply(h, ks, stride, pad)  # (K, B, L_out, ks, P)
             L_out = patches.shape[2]
             h = torch.baddbmm(b.unsqueeze(1), patches.view(K, B * L_out, ks * P), w.view(K, ks * P, P))
-            h = self.act(h.view(K, B, L_out, P))
+            h = self._pool(self.act(h.view(K, B, L_out, P)))
         return h.reshape(K, B, -1)  # features (l, c)
+
+    def _pool(self, h: torch.Tensor) -> torch.Tensor:
+        """(K, B, L, P) channels last -> (K, B, L // pool_size, P): the plain model's own pool1d on the
+        (K*B, P, L) view, so members pool exactly as their plain models do."""
+        if self.pool == "none":
+            return h
+        K, B, L, P = h.shape
+        pooled = plain.pool1d(h.reshape(K * B, L, P).transpose(1, 2), self.pool, self.pool_size)
+        return pooled.transpose(1, 2).reshape(K, B, -1, P)
 
 
 def stacked_num_params(name: str, width: int, depth: int, input_len: int = 40, num_classes: int = 10,

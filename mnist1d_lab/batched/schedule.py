@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def group_key(cfg: DictConfig) -> str | None:
-    """Jobs with equal group keys differ only in what a stack may differ in (seed, width / channels);
+    """Jobs with equal group keys differ only in what a stack may differ in (seed, width / channels, and
+    train_size where batched.sizes_can_differ allows it: nested sets, whole batches, a fixed step count);
     None for a job that trains alone (its experiment does not declare BATCHABLE = True)."""
     try:
         if not experiments.batchable(cfg.experiment_name):
@@ -39,6 +40,8 @@ def group_key(cfg: DictConfig) -> str | None:
     plain = records.to_plain(cfg)
     plain.pop("seed", None)
     plain["model"] = {k: v for k, v in plain["model"].items() if k != WIDTH_KEY.get(plain["model"].get("name"))}
+    if batched.nested_size(plain["train"], plain["train"].get("train_size")) is None:
+        plain["train"].pop("train_size")
     return records.run_key(plain)
 
 
@@ -99,7 +102,8 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         side = plan.side_by_side(first.model.name, threads, device) if side_by_side else 1
         data = load(first.data, device=device)
         train_cfg = {**TRAIN_DEFAULTS, **first.train}
-        n_train = protocol.split_sizes(train_cfg, data.n_train)[0]
+        n_train = max(protocol.split_sizes({**train_cfg, "train_size": cfgs[i].train.train_size}, data.n_train)[0]
+                      for i in todo)  # members' train sizes may differ (group_key)
         steps = protocol.num_updates(train_cfg, n_train)
         parts = plan.plan_stacks([cfgs[i].model for i in todo], n_train, int(first.train.batch_size), device,
                                  threads, memory_budget_mb or math.inf, side)  # side by side share the budget
@@ -117,7 +121,8 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         start = time.perf_counter()
         results, error = runner._attempt(lambda: batched.train_batched(  # looked up now: tests replace it
             [cfgs[i].model for i in stack.members], [cfgs[i].seed for i in stack.members], data, first.train,
-            progress=first.progress, device=device, plan=False, cuda_graphs=first.get("cuda_graphs", True)),
+            progress=first.progress, device=device, plan=False, cuda_graphs=first.get("cuda_graphs", True),
+            train_sizes=[cfgs[i].train.train_size for i in stack.members]),
             "batched stack", record_config_errors=True)  # a sweep's job: recorded, never stops the others
         wall = (time.perf_counter() - start) / len(stack.members)  # the stack's wall time, shared equally
         threads = _threads_used(first, stack, device)
@@ -172,7 +177,7 @@ def _can_stack(cfgs: Sequence[DictConfig]) -> tuple[bool, str]:
     name = cfgs[0].experiment_name
     if not experiments.batchable(name):
         return False, f"experiment {name!r} does not declare BATCHABLE = True"
-    return batched.can_batch([c.model for c in cfgs], cfgs[0].train)
+    return batched.can_batch([c.model for c in cfgs], cfgs[0].train, [c.train.train_size for c in cfgs])
 
 
 def single_cost(cfg: DictConfig) -> float | None:

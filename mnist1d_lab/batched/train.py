@@ -1,7 +1,9 @@
 """Many models in one program: train K members with the same inputs and records as K runs of train.train.
 
-Members may differ in `seed` and in width (MLP `width`, CNN `channels`); everything else must match, and
-every model and training knob must be one the stacked path implements (`can_batch` says why not).
+Members may differ in `seed`, in width (MLP `width`, CNN `channels`) and in `train_size` (nested training
+sets: the first n_k rows of one pool, each a whole number of batches, no val split, a fixed step count;
+`sizes_can_differ`); everything else must match, and every model and training knob must be one the stacked
+path implements (`can_batch` says why not).
 Member k is built exactly as models.build_model(model_cfgs[k], seeds[k]), copied into stacked,
 zero-padded parameters (`StackedModel`, batched/models.py, whose docstring explains why padding is
 exact), and gets the same prepared data (protocol.prepare_data: val split, train_size, label noise from
@@ -81,10 +83,38 @@ def batch_key(model_cfg: Mapping) -> tuple:
     return (model_cfg["name"], tuple(sorted((k, repr(v)) for k, v in cfg.items())))
 
 
-def can_batch(model_cfgs: Sequence[Mapping], cfg: Mapping) -> tuple[bool, str]:
-    """(True, "") if these members can train as one stack under train cfg `cfg`, else (False, reason)."""
+def nested_size(cfg: Mapping, train_size) -> str | None:
+    """Why a member of train cfg `cfg` with this train_size cannot share a stack with members of other
+    sizes, or None: it can when its size is a whole number of batches of one pool (no val split: its rows
+    depend on the seed) and the step count does not depend on it (`epochs` unset). Member k then trains
+    on the first n_k rows, drawing its batches as a plain run of that size would."""
+    c = {**TRAIN_DEFAULTS, **cfg}
+    batch = int(c["batch_size"])
+    if c.get("epochs") is not None:
+        return "train.train_size differs while train.epochs is set (members would take different numbers of steps)"
+    if float(c.get("val_split") or 0.0) > 0:
+        return "train.train_size differs with a val split (each member's training rows depend on its seed)"
+    if train_size is None or int(train_size) % batch:
+        return f"train.train_size differs and {train_size} is not a multiple of train.batch_size={batch}"
+    return None
+
+
+def sizes_can_differ(cfg: Mapping, train_sizes: Sequence) -> str | None:
+    """Why members of train cfg `cfg` cannot have these per-member train sizes in one stack, or None."""
+    if len(set(train_sizes)) <= 1:
+        return None
+    return next((r for r in (nested_size(cfg, n) for n in train_sizes) if r), None)
+
+
+def can_batch(model_cfgs: Sequence[Mapping], cfg: Mapping, train_sizes: Sequence | None = None) -> tuple[bool, str]:
+    """(True, "") if these members can train as one stack under train cfg `cfg` (member k with
+    train_size train_sizes[k] when given), else (False, reason)."""
     if not model_cfgs:
         return False, "no members"
+    if train_sizes is not None:
+        reason = sizes_can_differ(cfg, train_sizes)
+        if reason:
+            return False, reason
     for model_cfg in model_cfgs:
         reason = unsupported(model_cfg)
         if reason:
@@ -117,12 +147,16 @@ def _evaluate(model: StackedModel, x: torch.Tensor, y: torch.Tensor, loss: str, 
     return total / n
 
 
-def _evaluate_member(model: StackedModel, k: int, splits: Mapping, loss: str) -> torch.Tensor:
+def _evaluate_member(model: StackedModel, k: int, splits: Mapping, loss: str, n_train: int | None = None
+                     ) -> torch.Tensor:
     """Member k's [loss, acc] for each split in one row, evaluated as train.train evaluates its model: on
     CPU as fast as the stacked pass or up to 25 % faster (stacks of 32-128; whole-split products stay large,
-    where the stack's chunks of rows are small per member or leave the cache)."""
+    where the stack's chunks of rows are small per member or leave the cache). `n_train`: member k's own
+    training rows (the first n of the shared ones) when members' train sizes differ."""
     m = model.member_model(k).eval()
-    return torch.cat([evaluate(m, xs if xs.dim() == 2 else xs[k], ys[k], loss) for xs, ys in splits.values()])
+    rows = {name: slice(None) for name in splits} | ({"train": slice(0, n_train)} if n_train else {})
+    return torch.cat([evaluate(m, (xs if xs.dim() == 2 else xs[k])[rows[name]], ys[k, rows[name]], loss)
+                      for name, (xs, ys) in splits.items()])
 
 
 def _stack_same(ts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -136,9 +170,11 @@ def _stack_same(ts: Sequence[torch.Tensor]) -> torch.Tensor:
 def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg: Mapping,
                   progress: bool = True, device: str | torch.device | None = None, hook: Hook | None = None,
                   memory_budget_mb: float | None = None, dtype: torch.dtype | None = None,
-                  plan: bool = True, cuda_graphs: bool = True) -> list[protocol.TrainResult]:
+                  plan: bool = True, cuda_graphs: bool = True, train_sizes: Sequence | None = None
+                  ) -> list[protocol.TrainResult]:
     """Train member k = (model_cfgs[k], seeds[k]) as train.train would, all at once; one TrainResult each.
 
+    `train_sizes[k]`, when given, is member k's train.train_size (sizes_can_differ says when they may differ).
     `hook(step, stacked_model, optimizer)` runs after every update. Members are split into stacks by
     plan.plan_stacks (width buckets: padding width 1 to 64 costs more than a second stack) and the
     stacks run one after another; within `memory_budget_mb` if given. On CPU with several torch threads
@@ -150,12 +186,14 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     """
     if len(model_cfgs) != len(seeds):
         raise ValueError(f"{len(model_cfgs)} model configs but {len(seeds)} seeds")
-    ok, reason = can_batch(model_cfgs, cfg)
+    ok, reason = can_batch(model_cfgs, cfg, train_sizes)
     if not ok:
         raise ConfigError("model", [dict(c) for c in model_cfgs][:3], f"members that can batch: {reason}")
     cfg = {**TRAIN_DEFAULTS, **cfg}
-    validate_train(cfg, len(data.x))
-    n_train = protocol.split_sizes(cfg, len(data.x))[0]
+    sizes = list(train_sizes) if train_sizes is not None else [cfg["train_size"]] * len(seeds)
+    for size in set(sizes):
+        validate_train({**cfg, "train_size": size}, len(data.x))
+    n_train = max(protocol.split_sizes({**cfg, "train_size": size}, len(data.x))[0] for size in sizes)
     budget = math.inf if memory_budget_mb is None else memory_budget_mb
     where = device or data.x.device
     threads = torch.get_num_threads()
@@ -168,7 +206,7 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
 
     def run(group: list[int]) -> tuple[list[int], list]:
         return group, _train_group([model_cfgs[i] for i in group], [seeds[i] for i in group], data, cfg,
-                                   progress, device, hook, dtype, cuda_graphs)
+                                   progress, device, hook, dtype, cuda_graphs, [sizes[i] for i in group])
 
     for stack in groups:  # one after another; a large stack is split into parts trained side by side
         parts = spread(stack, workers)
@@ -179,30 +217,39 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
 
 
 def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
-                 cuda_graphs: bool = True) -> list[protocol.TrainResult]:
+                 cuda_graphs: bool = True, sizes: Sequence | None = None) -> list[protocol.TrainResult]:
     cpu.tune()  # flushed denormals, no page faults from freed activations (cpu.py)
     device = torch.device(device) if device is not None else data.x.device
     dtype = dtype or data.x.dtype
     K = len(seeds)
+    sizes = list(sizes) if sizes is not None else [cfg["train_size"]] * K
     model = StackedModel(model_cfgs, seeds, data.x.shape[1], 10, dtype, device)
-    preps, infos = zip(*(protocol.prepare_data(data, cfg, s) for s in seeds), strict=True)
+    preps, infos = zip(*(protocol.prepare_data(data, {**cfg, "train_size": n}, s)
+                         for n, s in zip(sizes, seeds, strict=True)), strict=True)
+    ns = [len(p.y) for p in preps]  # each member's training rows: the first ns[k] of the largest member's
+    widest = preps[ns.index(max(ns))]
 
     def split(xs, ys):  # x shared (n, L) or per member (K, n, L); labels always (K, n)
         return _stack_same([t.to(device, dtype) for t in xs]), torch.stack([t.to(device) for t in ys])
 
-    splits = {"train": split([p.x for p in preps], [p.y for p in preps]),
+    def padded(y: torch.Tensor) -> torch.Tensor:  # a member's labels, padded to the widest set (never drawn)
+        return torch.cat([y, widest.y[len(y):]])
+
+    splits = {"train": split([widest.x] * K if len(set(ns)) > 1 else [p.x for p in preps], [padded(p.y) for p in preps]),
               "test": split([p.x_test for p in preps], [p.y_test for p in preps])}
     if preps[0].x_val is not None:
         splits["val"] = split([p.x_val for p in preps], [p.y_val for p in preps])
     x, y = splits["train"]
-    n, batch_size, loss_name = y.shape[1], int(cfg["batch_size"]), cfg["loss"]
-    total = protocol.num_updates(cfg, n)
+    batch_size, loss_name = int(cfg["batch_size"]), cfg["loss"]
+    total = protocol.num_updates(cfg, ns[0])  # the same for every member (sizes_can_differ)
     evals = set(protocol.eval_steps(total, int(cfg["eval_every"])))
+    own_rows = len(set(ns)) > 1  # train metrics of member k on its own first ns[k] rows
     shared = per_member = None
-    if cfg["batch_order"] == "sequential":  # one order for all: the first layer is one shared mm
-        shared = protocol.batches(n, batch_size, "sequential")
+    if cfg["batch_order"] == "sequential" and not own_rows:  # one order for all: the first layer is one shared mm
+        shared = protocol.batches(ns[0], batch_size, "sequential")
     else:
-        per_member = _member_batches(n, batch_size, [protocol.generator(s, "batch_order") for s in seeds], device)
+        gens = [protocol.generator(s, "batch_order") for s in seeds]
+        per_member = _member_batches(ns, batch_size, gens, device, cfg["batch_order"])
     members = torch.arange(K, device=device).unsqueeze(1)  # (K, 1) for per-member gathers
     optimizer = make_optimizer(model, cfg)
     columns = ["step"] + [f"{s}_{m}" for s in splits for m in ("loss", "acc")]
@@ -212,8 +259,10 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
 
     def run_eval(step: int) -> None:
         if device.type == "cpu":  # diverged members (zeroed, frozen) are not evaluated again
-            metrics = torch.stack([_evaluate_member(model, k, splits, loss_name) if alive[k]
-                                   else torch.zeros(2 * len(splits), dtype=dtype) for k in range(K)])
+            metrics = torch.stack([_evaluate_member(model, k, splits, loss_name, ns[k] if own_rows else None)
+                                   if alive[k] else torch.zeros(2 * len(splits), dtype=dtype) for k in range(K)])
+        elif own_rows:  # members score their own training rows: one member at a time
+            metrics = torch.stack([_evaluate_member(model, k, splits, loss_name, ns[k]) for k in range(K)])
         else:  # all members at once, in chunks of rows that keep the activations within EVAL_ELEMS
             chunk = max(1, EVAL_ELEMS // (K * act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
             metrics = torch.cat([_evaluate(model, xs, ys, loss_name, chunk) for xs, ys in splits.values()], 1)
@@ -228,7 +277,8 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
     def update(xb: torch.Tensor, yb: torch.Tensor) -> None:
         stacked_update(model, optimizer, xb, yb, loss_name, weight)
 
-    graphed = GraphedUpdate(update) if cuda_graphs and can_graph(device, hook, n, batch_size) else None
+    graphed = (GraphedUpdate(update) if cuda_graphs and all(can_graph(device, hook, n, batch_size) for n in set(ns))
+               else None)
     bar = tqdm(total=total, disable=not progress, desc=f"train x{K}", unit="step", leave=False)
     start = time.perf_counter()
     run_eval(0)
@@ -278,12 +328,19 @@ def stacked_update(model: StackedModel, optimizer: optim.Optimizer, x: torch.Ten
     optimizer.step()
 
 
-def _member_batches(n: int, batch_size: int, gens: Sequence[torch.Generator], device) -> Iterator[torch.Tensor]:
-    """Endless (K, B) row indices, member k's row k drawn exactly as protocol.batches(n, batch_size,
-    "reshuffle", gens[k]) draws it (one randperm per epoch, split into batches), one copy to the
-    device per epoch: on a GPU a per-step copy from host memory waits for the queued kernels."""
-    while True:
-        yield from torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device).split(batch_size, 1)
+def _member_batches(ns: Sequence[int], batch_size: int, gens: Sequence[torch.Generator], device,
+                    order: str = "reshuffle") -> Iterator[torch.Tensor]:
+    """Endless (K, B) row indices, member k's row k drawn exactly as protocol.batches(ns[k], batch_size,
+    order, gens[k]) draws it (reshuffle: one randperm per epoch, split into batches; sequential: the
+    fixed order), one copy to the device per epoch when all members have the same rows (on a GPU a
+    per-step copy from host memory waits for the queued kernels); per step when their sizes differ."""
+    if order == "reshuffle" and len(set(ns)) == 1:
+        while True:
+            yield from torch.stack([torch.randperm(ns[0], generator=g) for g in gens]).to(device).split(batch_size, 1)
+    draws = [protocol.batches(n, batch_size, order, g) for n, g in zip(ns, gens, strict=True)]
+    while True:  # every size is a whole number of batches (sizes_can_differ): every batch is full
+        yield torch.stack([torch.arange(sel.start, sel.stop) if isinstance(sel, slice) else sel
+                           for sel in map(next, draws)]).to(device)
 
 
 @torch.no_grad()
