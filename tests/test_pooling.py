@@ -119,6 +119,8 @@ def test_spatial_priors_jobs_are_benchmark_and_pooling_jobs():
                d["data.shuffle_seq"]) in (("cnn", "2", "true"), ("gru", "0", "false"))]
     mine = {key("spatial_priors", j) for j in wanted}
     assert len(pool) == 5 and len(wanted) == 7 and mine == pool | bench
+    quick = _jobs("spatial_priors", "quick")  # a scale sets the 50k grids to null: left out
+    assert len(quick) == 54 and all("experiment_name=benchmark" in j for j in quick)
 
 
 def _run_table(rows) -> pd.DataFrame:

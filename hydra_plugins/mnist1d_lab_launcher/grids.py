@@ -11,7 +11,7 @@ sweeper (`hydra/sweeper=lab`, the default; see lab_sweeper.py):
           cnn_noisy: {model: cnn, train.label_noise: 0.15, model.channels: "2,4,6"}
         params: {seed: 0}                       # ordinary params, added to every grid
         scales:                                 # per `scale=<name>` choice: values replacing grid values
-          smoke: {mlp_clean: {model.width: "2,3"}}
+          smoke: {mlp_clean: {model.width: "2,3"}, cnn_noisy: null}   # null: the grid is left out
 
 Command-line overrides (`expand_grids`), key by key:
   * a key no grid mentions applies to every grid (`seed=0,1`, `train.epochs=10`);
@@ -85,9 +85,12 @@ def expand_grids(grids: Mapping[str, Mapping[str, Any]], params: Mapping[str, An
 
 
 def scaled(grids: Mapping[str, Mapping[str, Any]], scales: Mapping | None, choice: str | None) -> dict:
-    """The grids (`name: null` removed) with the values of `scales[choice]` swapped in."""
+    """The grids (`name: null` removed) with the values of `scales[choice]` swapped in (a grid the scale
+    sets to null is left out)."""
     out = {n: dict(g) for n, g in grids.items() if g}
     for name, changes in ((scales or {}).get(choice) or {}).items() if choice else ():
-        if name in out and changes:
+        if changes is None:
+            out.pop(name, None)
+        elif name in out:
             out[name].update(changes)
     return out

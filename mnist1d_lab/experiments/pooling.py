@@ -35,7 +35,7 @@ from ..plots import STYLE, mean_std, save_figure
 from .benchmark import to_markdown
 from .train import run  # noqa: F401  (each job is a plain training run)
 
-BATCHABLE = True  # hydra/launcher=batched may stack the jobs it can (no pooling); pooled ones train one at a time
+BATCHABLE = True  # hydra/launcher=batched (its default) stacks each variant's sizes and seeds
 
 VARIANTS = ["no_pool", "stride_2", "max_pool", "avg_pool", "l2_pool"]  # the original notebook's names
 POOLED = ["max_pool", "avg_pool", "l2_pool"]
