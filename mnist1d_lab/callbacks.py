@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from .clock import hms
 
 log = logging.getLogger("mnist1d_lab.sweep")
 PROGRESS_FILE = ".progress.jsonl"
@@ -134,10 +135,10 @@ def progress_line(sweep: Path) -> str:
     ran = done - skipped
     eta = "?"
     if total and ran:
-        eta = _mmss(_remaining(sweep, events, total, meta["start"]))
+        eta = hms(_remaining(sweep, events, total, meta["start"]))
     total_s = total if total is not None else "?"
     return (f"sweep: {done}/{total_s} runs done ({skipped} skipped, {failed} failed/diverged), "
-            f"{_mmss(elapsed)} elapsed, ETA {eta}")
+            f"{hms(elapsed)} elapsed, ETA {eta}")
 
 
 def _remaining(sweep: Path, events: list[dict], total: int, start: float) -> float:
@@ -159,10 +160,3 @@ def _remaining(sweep: Path, events: list[dict], total: int, start: float) -> flo
             if len(left) == total - len(finished) and spent > 0:
                 return (time.time() - plan["start"]) / spent * sum(left)
     return (time.time() - start) / len(ran) * max(0, total - len(events))
-
-
-def _mmss(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"

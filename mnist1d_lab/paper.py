@@ -34,6 +34,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from . import experiments, paths
+from .clock import hms
 from .errors import ConfigError
 from .report.outputs import gather, noise_shear_table
 
@@ -189,10 +190,6 @@ def shell_line(cmd: list[str]) -> str:
     return " ".join(f"'{a}'" if any(c in a for c in " ()[]{}*,") and "=" in a else a for a in cmd)
 
 
-def _mmss(seconds: float) -> str:
-    m, s = divmod(int(max(0.0, seconds)), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
-
 
 class Progress:
     """`paper: 3/12 experiments, 4:10 elapsed, ETA 20:00`: ETA from the expected times of the entries
@@ -213,8 +210,8 @@ class Progress:
         left = sum(s for n, s in self.expected.items() if n not in self.done)
         expected_ran = sum(self.expected[n] for n in self.ran)
         pace = min(4.0, max(0.25, sum(self.ran.values()) / expected_ran)) if expected_ran > 0 else 1.0
-        return (f"paper: {len(self.done)}/{len(self.expected)} experiments, {_mmss(time.time() - self.start)} "
-                f"elapsed, ETA {_mmss(left * pace)}")
+        return (f"paper: {len(self.done)}/{len(self.expected)} experiments, {hms(time.time() - self.start)} "
+                f"elapsed, ETA {hms(left * pace)}")
 
 
 def read_state(folder: Path) -> dict:
@@ -348,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
     index = write_report(out, [e for e, _ in todo], status, overrides, scale)
     log.info("paper: report %s (%d experiments, %d failed, %s)", index, len(runnable), failed,
-             _mmss(time.time() - progress.start))
+             hms(time.time() - progress.start))
     return 1 if failed else 0
 
 

@@ -19,6 +19,7 @@ import yaml
 from omegaconf import DictConfig
 
 from . import cpu, experiments, paths, records
+from .clock import hms
 from .context import RunContext
 from .errors import ConfigError
 from .models import model_kwargs
@@ -297,11 +298,5 @@ def _estimate(cfgs: Sequence[DictConfig], calibrate: int = 200) -> str:
                 f"calibrate the planner's cost){extra}")
     total = sum(c * sorted(rates[name])[len(rates[name]) // 2] for c, name in known)
     runs = sum(map(len, rates.values()))
-    return (f"estimated time: about {_hms(total)} of training for {len(known)} job(s), one after another "
+    return (f"estimated time: about {hms(total)} of training for {len(known)} job(s), one after another "
             f"(planner's cost x seconds per unit, the median of {runs} comparable run(s) in the store){extra}")
-
-
-def _hms(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
-

@@ -261,3 +261,11 @@ def test_benchmark_experiment_smoke_and_collect(tmp_path):
             module="mnist1d_lab.plot")
     assert (sweep / "plot_final_test_acc_vs_model.name.png").is_file()
     assert len(summaries(tmp_path / "outputs" / "store")) == 16
+
+
+def test_durations_read_as_minutes_or_hours():
+    from mnist1d_lab.clock import hms
+
+    assert [hms(s) for s in (0, 59.6, 61, 3599, 3600, 5025.2, -3)] == [
+        "0:00", "1:00", "1:01", "59:59", "1:00:00", "1:23:45", "0:00"]
+    assert hms(float("inf")) == hms(float("nan")) == "?"
