@@ -140,6 +140,15 @@ def write_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
+def write_texts(folder: Path, files: Mapping[str, str]) -> list[Path]:
+    """Write each text to folder/<name> atomically (a summary's tables and notes); their paths, in order."""
+    out = []
+    for name, text in files.items():
+        write_atomic(Path(folder) / name, text)
+        out.append(Path(folder) / name)
+    return out
+
+
 def write_record(folder: Path, cfg: Mapping | DictConfig, summary: dict, curves_csv: str | None,
                  env: dict, tables: Mapping[str, str] | None = None) -> None:
     """Write a record into `folder`: config, curves (CSV text), env, further CSV `tables` by file name

@@ -83,6 +83,5 @@ def summarize(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Write table1.csv, table1.md and figure2.png/.pdf into out_dir."""
     out_dir = Path(out_dir)
     t = table1(table)
-    records.write_atomic(out_dir / "table1.csv", t.to_csv(index=False))
-    records.write_atomic(out_dir / "table1.md", to_markdown(t))
-    return [out_dir / "table1.csv", out_dir / "table1.md", *save_figure(figure2(table), out_dir, "figure2")]
+    files = {"table1.csv": t.to_csv(index=False), "table1.md": to_markdown(t)}
+    return [*records.write_texts(out_dir, files), *save_figure(figure2(table), out_dir, "figure2")]

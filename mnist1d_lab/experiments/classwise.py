@@ -31,7 +31,7 @@ import yaml
 
 from .. import human as H
 from .. import paths
-from ..records import write_atomic
+from ..records import write_texts
 from .train import run  # noqa: F401  (each job is a plain training run)
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,5 @@ def summarize(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     t, acc = classwise(table)
-    write_atomic(out_dir / "classwise.csv", t.to_csv(index=False))
-    write_atomic(out_dir / "classwise.md", report(t, acc))
-    return [out_dir / "classwise.csv", out_dir / "classwise.md", *save_figure(figure8(t, acc), out_dir, "figure8")]
+    files = {"classwise.csv": t.to_csv(index=False), "classwise.md": report(t, acc)}
+    return [*write_texts(out_dir, files), *save_figure(figure8(t, acc), out_dir, "figure8")]

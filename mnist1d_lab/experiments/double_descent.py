@@ -248,13 +248,11 @@ def summarize(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     res = dd_results(table)
     thr = thresholds(res)
-    records.write_atomic(out_dir / "dd_results.csv", res.to_csv(index=False))
-    records.write_atomic(out_dir / "dd_thresholds.csv", thr.to_csv(index=False))
-    records.write_atomic(out_dir / "dd_thresholds.md", to_markdown(thr))
-    out = [out_dir / "dd_results.csv", out_dir / "dd_thresholds.csv", out_dir / "dd_thresholds.md",
-           *save_figure(figure4(res), out_dir, "figure4")]
+    files = {"dd_results.csv": res.to_csv(index=False), "dd_thresholds.csv": thr.to_csv(index=False),
+             "dd_thresholds.md": to_markdown(thr)}
+    out = [*records.write_texts(out_dir, files), *save_figure(figure4(res), out_dir, "figure4")]
     curves = dd_curves(table)
     if not curves.empty:
-        records.write_atomic(out_dir / "dd_curves.csv", curves.to_csv(index=False))
-        out += [out_dir / "dd_curves.csv", *save_figure(figure_epochs(curves, res), out_dir, "figure4_epochs")]
+        out += [*records.write_texts(out_dir, {"dd_curves.csv": curves.to_csv(index=False)}),
+                *save_figure(figure_epochs(curves, res), out_dir, "figure4_epochs")]
     return out

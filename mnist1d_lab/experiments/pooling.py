@@ -208,8 +208,6 @@ def summarize(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     res = pooling_results(table)
     tab = pooling_table(res)
-    records.write_atomic(out_dir / "pooling_results.csv", res.to_csv(index=False))
-    records.write_atomic(out_dir / "pooling_table.csv", tab.to_csv(index=False))
-    records.write_atomic(out_dir / "pooling_table.md", table_markdown(tab, res))
-    return [out_dir / "pooling_results.csv", out_dir / "pooling_table.csv", out_dir / "pooling_table.md",
-            *save_figure(figure7(table, tab), out_dir, "figure7")]
+    files = {"pooling_results.csv": res.to_csv(index=False), "pooling_table.csv": tab.to_csv(index=False),
+             "pooling_table.md": table_markdown(tab, res)}
+    return [*records.write_texts(out_dir, files), *save_figure(figure7(table, tab), out_dir, "figure7")]

@@ -107,7 +107,5 @@ def summarize(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Write spatial_priors.csv, spatial_priors.md and spatial_priors.png/.pdf into out_dir."""
     out_dir = Path(out_dir)
     board = scoreboard(table)
-    records.write_atomic(out_dir / "spatial_priors.csv", board.to_csv(index=False))
-    records.write_atomic(out_dir / "spatial_priors.md", scoreboard_markdown(board))
-    return [out_dir / "spatial_priors.csv", out_dir / "spatial_priors.md",
-            *save_figure(figure(board), out_dir, "spatial_priors")]
+    files = {"spatial_priors.csv": board.to_csv(index=False), "spatial_priors.md": scoreboard_markdown(board)}
+    return [*records.write_texts(out_dir, files), *save_figure(figure(board), out_dir, "spatial_priors")]
