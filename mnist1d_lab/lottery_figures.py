@@ -84,7 +84,34 @@ def summary_md(table: pd.DataFrame, t: dict[str, pd.DataFrame]) -> str:
         cells = [f"{g.loc[k, 'mean']:.4f} +- {g.loc[k, 'se']:.4f} | {g.loc[k, 'p_value']:.3g}" for k in ("lottery", "random")]
         o = ORIGINAL_ADJACENCY.get(metric, (np.nan, np.nan))
         lines.append(f"| {metric} | {' | '.join(cells)} | {o[0]} / {o[1]} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + verdicts(table, t)) + "\n"
+
+
+WIN_POINTS = 5.0          # the ticket must beat the random ticket by this many points
+BAND = (0.80, 0.96)       # ... at the chosen round and on average over the rounds in this sparsity band
+
+
+def verdicts(table: pd.DataFrame, t: dict[str, pd.DataFrame]) -> list[str]:
+    """The experiment's claims checked on the runs (means over trials): ticket vs random ticket at the
+    chosen round and over the 80-96 % band, and the first layer's adjacency p2, ticket vs random."""
+    at_ticket = 100 * (table["final_test_acc"] - table["ticket_random_final_test_acc"]).mean()
+    r = t["rounds"]
+    band = r[r["sparsity"].between(*BAND)].groupby(["kind", "trial"])["final_test_acc"].mean().groupby("kind").mean()
+    over_band = 100 * (band.get("lottery", np.nan) - band.get("random", np.nan))
+    p2 = t["adjacency"].query("metric == 'p2'").groupby("mask")[["mean", "p_value"]].mean()
+    lot, ran = (p2.loc[k] if k in p2.index else pd.Series({"mean": np.nan, "p_value": np.nan}) for k in ("lottery", "random"))
+
+    def yes(ok: bool) -> str:
+        return "yes" if ok else "no"
+
+    return ["", "## Verdicts (means over trials)", "",
+            f"- Ticket beats the random ticket by >= {WIN_POINTS:g} points at the chosen round: "
+            f"{yes(at_ticket >= WIN_POINTS)} ({at_ticket:+.1f}; the original: +15.0 / +12.6).",
+            f"- ... and on average over the rounds with sparsity in [{BAND[0]:.2f}, {BAND[1]:.2f}]: "
+            f"{yes(over_band >= WIN_POINTS)} ({over_band:+.1f}).",
+            f"- Ticket's first layer more adjacent than the random ticket's (p2): {yes(lot['mean'] > ran['mean'])} "
+            f"({lot['mean']:.4f} vs {ran['mean']:.4f}; against random placement with each unit's count, "
+            f"p = {lot['p_value']:.3g} for the ticket, {ran['p_value']:.3g} for the random ticket)."]
 
 
 def _band(ax, x, ys: np.ndarray, color, label) -> None:

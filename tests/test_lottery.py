@@ -226,3 +226,20 @@ def test_lottery_smoke_through_the_entry_point(tmp_path):
         assert (sweep / name).is_file(), name
     masks = list(Path(sweep).rglob("lottery_masks.npz"))
     assert masks and np.load(masks[0])["hidden.0.weight"].dtype == np.int16
+
+
+def test_verdicts_say_no_when_the_ticket_does_not_win():
+    """Computed from the runs: a ticket 2 points above its random ticket fails the 5-point claims."""
+    from mnist1d_lab.lottery_figures import verdicts
+
+    table = pd.DataFrame({"seed": [0, 1], "final_test_acc": [0.70, 0.72], "ticket_random_final_test_acc": [0.68, 0.70]})
+    rounds = pd.DataFrame([{"trial": k, "kind": kind, "sparsity": s, "final_test_acc": acc + (0.3 if s > 0.96 else 0)}
+                           for k in (0, 1) for s in (0.5, 0.85, 0.92, 0.99)
+                           for kind, acc in (("lottery", 0.71), ("random", 0.69))])
+    adjacency = pd.DataFrame([{"trial": k, "mask": m, "metric": "p2", "mean": v, "p_value": 0.5}
+                              for k in (0, 1) for m, v in (("lottery", 0.006), ("random", 0.007))])
+    text = "\n".join(verdicts(table, {"rounds": rounds, "adjacency": adjacency}))
+    assert "chosen round: no (+2.0" in text and "0.96]: no (+2.0)" in text  # the 0.99 round is outside the band
+    assert "(p2): no (0.0060 vs 0.0070" in text
+    table["ticket_random_final_test_acc"] -= 0.05
+    assert "chosen round: yes (+7.0" in "\n".join(verdicts(table, {"rounds": rounds, "adjacency": adjacency}))
