@@ -125,6 +125,9 @@ def test_mse_grid():
     jobs, kept = expand_grids(grids, params, [])
     assert kept == ["mlp_noisy"] and len(jobs) == 10 * 2 * 3
     assert {"model.width=2", "model.width=300", "train.loss=mse", "train.train_size=1000"} <= set(sum(jobs, []))
+    quick, _ = _grids("double_descent_mse", "quick")  # n = 1k and 2k: the threshold at n vs n*K still shows
+    jobs, kept = expand_grids(quick, params, [])
+    assert kept == ["mlp_noisy"] and len(jobs) == 10 * 2 * 2 and "train.train_size=4000" not in set(sum(jobs, []))
 
 
 def test_threshold_and_peak_synthetic():
