@@ -206,3 +206,20 @@ def test_killed_paper_resumes_from_state_and_store(smoke_paper):
     assert re.search(r"sweep: 9/9 runs done \(9 skipped", log), log[-2000:]  # every run from the store
     assert (out / "figures" / "double_descent" / "figure4.png").is_file()
     assert "double_descent" in json.loads((out / "state.json").read_text())["finished"]
+
+
+def test_noise_shear_sweep_gets_its_table_and_figure(tmp_path):
+    """Accuracy by model, shear and correlated noise: the table (mean, std, seeds) and one panel per model."""
+    from mnist1d_lab.report.outputs import noise_shear_table
+
+    rows = [{"model.name": m, "data.shear_scale": sh, "data.corr_noise_scale": nz, "seed": k, "status": "complete",
+             "final_test_acc": 0.9 - 0.1 * sh - 0.2 * nz - (0.3 if m == "mlp" else 0) + 0.01 * k}
+            for m in ("mlp", "cnn") for sh in (0, 0.75, 1.5) for nz in (0, 0.25) for k in (0, 1)]
+    rows.append({**rows[0], "status": "failed", "final_test_acc": 0.0})  # failed runs are left out
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    noise_shear_table(tmp_path)
+    table = pd.read_csv(tmp_path / "noise_shear.csv")
+    assert len(table) == 12 and set(table["seeds"]) == {2}
+    cnn = table[(table["model.name"] == "cnn") & (table["data.shear_scale"] == 0) & (table["data.corr_noise_scale"] == 0)]
+    assert cnn["final_test_acc_mean"].item() == pytest.approx(90.5)
+    assert (tmp_path / "noise_shear.png").stat().st_size > 0 and (tmp_path / "noise_shear.pdf").stat().st_size > 0

@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from .. import paths
 from ..experiments.benchmark import to_markdown
-from ..records import write_atomic
+from ..plots import save_figure, style, subplots
+from ..records import write_atomic, write_texts
 
 FIGURES_DIR, TABLES_DIR = "figures", "tables"
 FIGURE_SUFFIXES, TABLE_SUFFIXES = (".png", ".pdf"), (".csv", ".md")
@@ -50,7 +52,8 @@ def gather(folder: Path, out: Path, name: str) -> dict[str, list[Path]]:
 
 def noise_shear_table(folder: Path) -> None:
     """The noise/shear sweep's folder gets noise_shear.csv/.md: final test accuracy % (mean, std, seeds)
-    by model, shear and correlated noise."""
+    by model, shear and correlated noise, and noise_shear.png/.pdf: accuracy vs shear, one line per
+    noise level, one panel per model."""
     src = folder / paths.TABLE_FILE
     if not src.is_file():
         return
@@ -62,5 +65,27 @@ def noise_shear_table(folder: Path) -> None:
     g = t.groupby(["model.name", "data.shear_scale", "data.corr_noise_scale"])["acc"]
     table = g.agg(["mean", "std", "count"]).round(2).reset_index().rename(
         columns={"mean": "final_test_acc_mean", "std": "final_test_acc_std", "count": "seeds"})
-    write_atomic(folder / "noise_shear.csv", table.to_csv(index=False))
-    write_atomic(folder / "noise_shear.md", to_markdown(table))
+    write_texts(folder, {"noise_shear.csv": table.to_csv(index=False), "noise_shear.md": to_markdown(table)})
+    save_figure(noise_shear_figure(table), folder, "noise_shear")
+
+
+def noise_shear_figure(table: pd.DataFrame) -> Figure:
+    """Final test accuracy vs shear scale, a line per correlated-noise scale (error bars: std over seeds),
+    a panel per model, on one y axis."""
+    models = list(dict.fromkeys(table["model.name"]))
+    with style():
+        fig, axes = subplots(1, len(models), figsize=(3.6 * len(models) + 0.6, 3.4), sharey=True, squeeze=False,
+                             layout="constrained")
+        for ax, model in zip(axes[0], models, strict=True):
+            sub = table[table["model.name"] == model]
+            for noise, line in sub.groupby("data.corr_noise_scale"):
+                line = line.sort_values("data.shear_scale")
+                ax.errorbar(line["data.shear_scale"], line["final_test_acc_mean"],
+                            yerr=line["final_test_acc_std"].fillna(0), marker="o", ms=4, capsize=2,
+                            label=f"correlated noise {noise:g}")
+            ax.set_title(model, fontsize=10)
+            ax.set_xlabel("data.shear_scale")
+        axes[0][0].set_ylabel("final test accuracy (%)")
+        axes[0][0].legend(frameon=False, fontsize=8)
+        fig.suptitle("Shear and correlated noise: the dataset's knobs vs accuracy (mean ± std over seeds)", fontsize=10)
+    return fig
