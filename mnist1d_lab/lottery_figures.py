@@ -101,15 +101,16 @@ def verdicts(table: pd.DataFrame, t: dict[str, pd.DataFrame]) -> list[str]:
     p2 = t["adjacency"].query("metric == 'p2'").groupby("mask")[["mean", "p_value"]].mean()
     lot, ran = (p2.loc[k] if k in p2.index else pd.Series({"mean": np.nan, "p_value": np.nan}) for k in ("lottery", "random"))
 
-    def yes(ok: bool) -> str:
-        return "yes" if ok else "no"
+    def yes(ok: bool, *values: float) -> str:  # n/a when a number it rests on is missing (no round in the band)
+        return "n/a" if any(pd.isna(v) for v in values) else "yes" if ok else "no"
 
     return ["", "## Verdicts (means over trials)", "",
             f"- Ticket beats the random ticket by >= {WIN_POINTS:g} points at the chosen round: "
-            f"{yes(at_ticket >= WIN_POINTS)} ({at_ticket:+.1f}; the original: +15.0 / +12.6).",
+            f"{yes(at_ticket >= WIN_POINTS, at_ticket)} ({at_ticket:+.1f}; the original: +15.0 / +12.6).",
             f"- ... and on average over the rounds with sparsity in [{BAND[0]:.2f}, {BAND[1]:.2f}]: "
-            f"{yes(over_band >= WIN_POINTS)} ({over_band:+.1f}).",
-            f"- Ticket's first layer more adjacent than the random ticket's (p2): {yes(lot['mean'] > ran['mean'])} "
+            f"{yes(over_band >= WIN_POINTS, over_band)} ({over_band:+.1f}).",
+            "- Ticket's first layer more adjacent than the random ticket's (p2): "
+            f"{yes(lot['mean'] > ran['mean'], lot['mean'], ran['mean'])} "
             f"({lot['mean']:.4f} vs {ran['mean']:.4f}; against random placement with each unit's count, "
             f"p = {lot['p_value']:.3g} for the ticket, {ran['p_value']:.3g} for the random ticket)."]
 

@@ -247,7 +247,7 @@ def dry_run_report(jobs: Sequence[Sequence[str]], cfgs: Sequence[DictConfig], la
             groups.setdefault(group_key(cfgs[i]) or f"alone {i}", []).append(i)
         stacked = [m for k, m in groups.items() if not k.startswith("alone ") and len(m) > 1]
         sizes = "".join(f", {len(m)} x {cfgs[m[0]].model.name}" for m in stacked)
-        lines.append(f"  batched: {len(stacked)} group(s) of jobs that differ only in seed and width{sizes}; "
+        lines.append(f"  batched: {len(stacked)} group(s) of jobs that differ only in seed, width or nested train size{sizes}; "
                      f"{len(todo) - sum(map(len, stacked))} job(s) run one at a time")
     lines.append("  " + _estimate([cfgs[i] for i in todo]))
     for i in todo[:show]:

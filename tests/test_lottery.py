@@ -243,3 +243,5 @@ def test_verdicts_say_no_when_the_ticket_does_not_win():
     assert "(p2): no (0.0060 vs 0.0070" in text
     table["ticket_random_final_test_acc"] -= 0.05
     assert "chosen round: yes (+7.0" in "\n".join(verdicts(table, {"rounds": rounds, "adjacency": adjacency}))
+    text = "\n".join(verdicts(table, {"rounds": rounds[rounds["sparsity"] < 0.8], "adjacency": adjacency.iloc[:0]}))
+    assert "0.96]: n/a" in text and "(p2): n/a" in text  # nothing in the band, no adjacency rows

@@ -1,9 +1,11 @@
-"""`hydra/launcher=batched`: fuse the jobs of a sweep that differ only in seed and width into one program.
+"""`hydra/launcher=batched`: fuse the jobs of a sweep that differ only in seed, width and nested training
+size into one program.
 
     python -m mnist1d_lab -m hydra/launcher=batched model=mlp model.width='range(1,200)' seed=0,1
 
-Jobs of experiments that declare `BATCHABLE = True` (train, benchmark, double_descent) are grouped by
-`mnist1d_lab.batched.schedule.group_key` (the resolved config without seed and width/channels); each
+Jobs of experiments that declare `BATCHABLE = True` (train, benchmark, classwise, double_descent, pooling)
+are grouped by `mnist1d_lab.batched.schedule.group_key` (the resolved config without seed, width/channels
+and, where `batched.nested_size` allows, train_size); each
 group trains as stacked models (`mnist1d_lab.batched`), planned within `memory_budget_mb`. Every job
 still gets its own Hydra job folder (.hydra/ files, callbacks) and its own record, identical in form
 to the basic launcher's, so `collect` cannot tell the difference. Groups that cannot batch (the GRU, a

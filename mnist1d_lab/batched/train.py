@@ -7,8 +7,9 @@ path implements (`can_batch` says why not).
 Member k is built exactly as models.build_model(model_cfgs[k], seeds[k]), copied into stacked,
 zero-padded parameters (`StackedModel`, batched/models.py, whose docstring explains why padding is
 exact), and gets the same prepared data (protocol.prepare_data: val split, train_size, label noise from
-its own seed), the same batch order (sequential: one shared order; reshuffle: its own permutations from
-protocol.generator(seed_k, "batch_order"), gathered into a (K, B, L) batch), the same optimiser
+its own seed), the same batch order (sequential: one shared order, or its own when sizes differ;
+reshuffle: its own permutations from protocol.generator(seed_k, "batch_order"); gathered into a (K, B, L)
+batch), the same optimiser
 (train.make_optimizer over the stacked tensors; Adam and SGD are elementwise, so per member), the same
 evaluation points and records, and the same final test predictions (`test_pred`, `test_true`). The loss
 is the SUM over members of each member's mean loss.
@@ -18,7 +19,8 @@ same maths as autograd, without its engine); layers are bmm (a shared batch is b
 members without a copy; the CNN's first conv on a shared batch is one im2col mm; later convs im2col
 patches + bmm), Adam is fused, denormals are flushed, and there is no host sync between evaluations.
 Evaluation on CPU runs member by member through train.evaluate, as train.train evaluates its model
-(0-25 % faster on a 2-core CPU than one stacked pass); on a GPU all members at once over chunks of rows.
+(0-25 % faster on a 2-core CPU than one stacked pass); on a GPU all members at once over chunks of rows
+(member by member when their train sizes differ).
 Members of very different widths run as a few width buckets (plan.plan_stacks).
 
 Falls back (can_batch -> False): the GRU (aten's GRU kernel has no stacked form; run it one at a time),
@@ -186,6 +188,8 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     """
     if len(model_cfgs) != len(seeds):
         raise ValueError(f"{len(model_cfgs)} model configs but {len(seeds)} seeds")
+    if train_sizes is not None and len(train_sizes) != len(seeds):
+        raise ValueError(f"{len(train_sizes)} train sizes but {len(seeds)} seeds")
     ok, reason = can_batch(model_cfgs, cfg, train_sizes)
     if not ok:
         raise ConfigError("model", [dict(c) for c in model_cfgs][:3], f"members that can batch: {reason}")
@@ -328,19 +332,27 @@ def stacked_update(model: StackedModel, optimizer: optim.Optimizer, x: torch.Ten
     optimizer.step()
 
 
+MEMBER_BATCH_BLOCK = 100  # steps of per-member row indices drawn at once when sizes differ (one device copy)
+
+
 def _member_batches(ns: Sequence[int], batch_size: int, gens: Sequence[torch.Generator], device,
                     order: str = "reshuffle") -> Iterator[torch.Tensor]:
     """Endless (K, B) row indices, member k's row k drawn exactly as protocol.batches(ns[k], batch_size,
     order, gens[k]) draws it (reshuffle: one randperm per epoch, split into batches; sequential: the
     fixed order), one copy to the device per epoch when all members have the same rows (on a GPU a
-    per-step copy from host memory waits for the queued kernels); per step when their sizes differ."""
+    per-step copy from host memory waits for the queued kernels), per MEMBER_BATCH_BLOCK steps when their
+    sizes differ."""
     if order == "reshuffle" and len(set(ns)) == 1:
         while True:
             yield from torch.stack([torch.randperm(ns[0], generator=g) for g in gens]).to(device).split(batch_size, 1)
     draws = [protocol.batches(n, batch_size, order, g) for n, g in zip(ns, gens, strict=True)]
+
+    def rows(sel) -> torch.Tensor:
+        return torch.arange(sel.start, sel.stop) if isinstance(sel, slice) else sel
+
     while True:  # every size is a whole number of batches (sizes_can_differ): every batch is full
-        yield torch.stack([torch.arange(sel.start, sel.stop) if isinstance(sel, slice) else sel
-                           for sel in map(next, draws)]).to(device)
+        block = [torch.stack([rows(next(d)) for _ in range(MEMBER_BATCH_BLOCK)]) for d in draws]  # K x (T, B)
+        yield from torch.stack(block, 1).to(device).unbind(0)  # one copy to the device per T steps
 
 
 @torch.no_grad()

@@ -33,7 +33,8 @@ Stages: a long run wraps each unit of work in `ctx.stage(name, fn)`. A finished 
 
 Optional module attributes:
     BATCHABLE = True   jobs may be trained stacked by `hydra/launcher=batched` (plain training runs that
-                       differ in seed and width: train, benchmark, double_descent). Any other
+                       differ in seed, width or nested train size: train, benchmark, classwise,
+                       double_descent, pooling). Any other
                        experiment's jobs run through its own `run`, one at a time, under every launcher.
     summarize(table, out_dir) -> list[Path]
                        the sweep's tables and figures from the collected runs (`table`: results.csv's

@@ -87,5 +87,7 @@ def noise_shear_figure(table: pd.DataFrame) -> Figure:
             ax.set_xlabel("data.shear_scale")
         axes[0][0].set_ylabel("final test accuracy (%)")
         axes[0][0].legend(frameon=False, fontsize=8)
-        fig.suptitle("Shear and correlated noise: the dataset's knobs vs accuracy (mean ± std over seeds)", fontsize=10)
+        seeds = int(table["seeds"].max())
+        spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed: add seed=0,1,2 for error bars"
+        fig.suptitle(f"Shear and correlated noise: the dataset's knobs vs accuracy ({spread})", fontsize=10)
     return fig
