@@ -3,7 +3,7 @@
 Question: which inductive biases matter on MNIST-1D? (Shuffling the 40 positions destroys spatial
           structure: CNN and GRU should fall to about MLP level, logistic and MLP should not care.)
 Command:  python -m mnist1d_lab experiment=benchmark         (24 runs: 4 models x 2 x 3 seeds)
-CPU time: about 10 min on 2 cores (GRU runs dominate).
+CPU time: about 3 min on 2 cores (two runs side by side, one thread each; the GRU runs dominate).
 Expected: normal 32 / 64-68 / 92-94 / 89-92 %, shuffled 32 / 64-68 / 51-59 / 51-59 % (logistic /
           MLP / CNN / GRU). Paper Table 1: 32 / 68 / 94 / 91 and shuffled 32 / 68 / 56 / 57.
 Outputs:  table1.csv, table1.md (mean ± std of final test accuracy beside the paper), figure2.png/.pdf.
