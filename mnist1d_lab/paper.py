@@ -1,6 +1,6 @@
 """The paper in one command: every experiment behind Table 1 and Figures 1-10, and one static report.
 
-    python -m mnist1d_lab.paper                          # the paper's protocols (hours on 2 CPU cores)
+    python -m mnist1d_lab.paper                          # the paper's protocols (1 h 15 min on 2 CPU cores)
     python -m mnist1d_lab.paper scale=smoke              # the whole pipeline in 1-3 minutes (CI)
     python -m mnist1d_lab.paper scale=quick hydra/launcher=joblib hydra.launcher.n_jobs=2
     python -m mnist1d_lab.paper 'paper.only=[benchmark,benchmark_val]'
