@@ -223,3 +223,20 @@ def test_noise_shear_sweep_gets_its_table_and_figure(tmp_path):
     cnn = table[(table["model.name"] == "cnn") & (table["data.shear_scale"] == 0) & (table["data.corr_noise_scale"] == 0)]
     assert cnn["final_test_acc_mean"].item() == pytest.approx(90.5)
     assert (tmp_path / "noise_shear.png").stat().st_size > 0 and (tmp_path / "noise_shear.pdf").stat().st_size > 0
+
+
+def test_table1_has_the_human_rows_labelled_by_source():
+    """The quizzes' accuracy where quiz files were given, else the paper's number, said so in the note."""
+    from mnist1d_lab.report.html import paper_table1
+
+    bench = pd.DataFrame([{"model.name": m, "data.shuffle_seq": sh, "final_test_acc": 0.9, "best_test_acc": 0.91,
+                           "status": "complete", "seed": k} for m in ("cnn", "mlp") for sh in (False, True) for k in (0, 1)])
+    human = pd.DataFrame([{"status": "complete", "human_source": "quizzes", "human_acc": 0.9575, "human_n": 400,
+                           "human_correct": 383, "human_acc_ci_low": 0.933, "human_acc_ci_high": 0.9733,
+                           "human_shuffled_source": "paper", "human_shuffled_acc": 0.3}])
+    t1 = paper_table1(C.Results(frames={"benchmark": {"results.csv": bench}, "human": {"results.csv": human}}))
+    rows = t1[t1["model"] == "human"].set_index("data")
+    assert rows.loc["normal", "final_test_acc"] == 95.75 and "383 of 400" in rows.loc["normal", "note"]
+    assert rows.loc["shuffled", "final_test_acc"] == 30 and "paper's number" in rows.loc["shuffled", "note"]
+    assert list(rows["paper"]) == [96, 30] and t1["seeds"].dtype == "Int64"
+    assert "human" not in set(paper_table1(C.Results(frames={"benchmark": {"results.csv": bench}}))["model"])

@@ -1,5 +1,5 @@
 """The paper report: index.html (static: opens from file://, no script, no server, no network), the
-claims table (claims.csv/.md), Table 1 with its three model-selection columns, and provenance.
+claims table (claims.csv/.md), Table 1 with its three model-selection columns and the human rows, and provenance.
 
 Figures are linked by relative paths (figures/<entry>/<name>.png, the PDF beside it), so the folder can
 be copied or zipped as a whole; tables are inlined as HTML and linked as CSV and Markdown.
@@ -19,6 +19,7 @@ import pandas as pd
 
 from .. import paths, records
 from ..experiments.benchmark import MODEL_ORDER, PAPER, to_markdown
+from ..human import PAPER as HUMAN_PAPER
 from .claims import CLAIMS, Results, Verdict, evaluate, verdict_table
 
 HTML_MAX_ROWS = 60  # a table with more rows is linked, not inlined
@@ -87,7 +88,28 @@ def paper_table1(results: Results) -> pd.DataFrame | None:
                          "best_on_test_acc": round(best.mean(), 2) if len(best) else None,
                          "val_selected_test_acc": round(sel.mean(), 2) if len(sel) else None,
                          "val_seeds": len(sel), "paper": PAPER.get(model, (None, None))[int(shuffled)]})
-    return pd.DataFrame(rows) if rows else None
+        rows += _human_row(results, shuffled) if rows else []
+    return pd.DataFrame(rows).astype({"seeds": "Int64", "val_seeds": "Int64"}) if rows else None
+
+
+def _human_row(results: Results, shuffled: bool) -> list[dict]:
+    """Table 1's human row from the human experiment's run: the quizzes' accuracy (unique answers, with
+    its 95 % interval) where quiz files were given, else the paper's own number, labelled as such."""
+    try:
+        run = results.runs("human").iloc[0]
+    except Exception:
+        return []
+    prefix = "human_shuffled" if shuffled else "human"
+    acc = run.get(f"{prefix}_acc")
+    if acc is None or pd.isna(acc):
+        return []
+    if str(run.get(f"{prefix}_source")) == "quizzes":
+        note = (f"{int(run[f'{prefix}_correct'])} of {int(run[f'{prefix}_n'])} quiz answers, 95 % interval "
+                f"{100 * run[f'{prefix}_acc_ci_low']:.1f}-{100 * run[f'{prefix}_acc_ci_high']:.1f}")
+    else:
+        note = "the paper's number (no quiz files for this variant)"
+    return [{"model": "human", "data": "shuffled" if shuffled else "normal", "final_test_acc": round(100 * float(acc), 2),
+             "paper": HUMAN_PAPER["shuffled" if shuffled else "normal"][0], "note": note}]
 
 
 def _first_env(folder: Path) -> dict:
@@ -238,7 +260,8 @@ def write_report(out: Path, entries: list, status: dict, overrides: list[str], s
         html_parts += ["<h2 id=\"table1\">Table 1</h2>",
                        "<p>Test accuracy %, mean over seeds: at the last step (the honest default), at the best "
                        "point of the test curve (selected on test: optimistic), and at the step with the best "
-                       "validation accuracy (10 % of the training rows held out: honest early stopping). "
+                       "validation accuracy (10 % of the training rows held out: honest early stopping); the human "
+                       "rows: the quizzes' unique answers where quiz files were given, else the paper's number. "
                        "<a href=\"tables/table1_paper.csv\">CSV</a> · <a href=\"tables/table1_paper.md\">"
                        "Markdown</a></p>", table_html(t1, "table1")]
     html_parts.append("<h2 id=\"figures\">Figures and tables, by experiment</h2>")
