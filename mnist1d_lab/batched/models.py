@@ -108,6 +108,7 @@ class StackedModel(nn.Module):
         self.P = max(self.widths) if self.name != "logistic" else num_classes
         small = [plain.build_model(c, s, input_len, num_classes) for c, s in zip(cfgs, seeds, strict=True)]
         self.act = ACT_FNS[small[0].act.__class__.__name__.lower()] if hasattr(small[0], "act") else None
+        self.pool, self.pool_size = getattr(small[0], "pool", "none"), getattr(small[0], "pool_size", 2)  # CNNs pool
         kw = {"dtype": dtype, "device": device}
         K, P, L, C = self.K, self.P, self.L, self.C
 
@@ -125,7 +126,6 @@ class StackedModel(nn.Module):
         if self.name == "cnn":
             convs = small[0].convs
             self.conv_args = [(c.stride[0], c.padding[0]) for c in convs]
-            self.pool, self.pool_size = small[0].pool, small[0].pool_size
             self.cw = nn.ParameterList(zeros(c.kernel_size[0], K, P) if i == 0 else zeros(K, c.kernel_size[0], P, P)
                                        for i, c in enumerate(convs))
             self.cb = nn.ParameterList(zeros(K, P) for _ in convs)
@@ -198,7 +198,7 @@ class StackedModel(nn.Module):
     def can_hand_step(self, x: torch.Tensor) -> bool:
         """Whether hand_grads applies: CPU (on CUDA the autograd update is replayed as a graph), not
         logistic, no pooling (ops.py has no pooling layer: a pooled CNN's step goes through autograd)."""
-        return self.hand_backward and x.is_cpu and self.name != "logistic" and getattr(self, "pool", "none") == "none"
+        return self.hand_backward and x.is_cpu and self.name != "logistic" and self.pool == "none"
 
     def hand_grads(self, x: torch.Tensor, y: torch.Tensor, loss: str, weight: torch.Tensor) -> torch.Tensor:
         """One training step's gradients without autograd where ops.py can: sets every parameter's

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def group_key(cfg: DictConfig) -> str | None:
     """Jobs with equal group keys differ only in what a stack may differ in (seed, width / channels, and
-    train_size where batched.sizes_can_differ allows it: nested sets, whole batches, a fixed step count);
+    train_size where batched.nested_size allows it: nested sets, whole batches, a fixed step count);
     None for a job that trains alone (its experiment does not declare BATCHABLE = True)."""
     try:
         if not experiments.batchable(cfg.experiment_name):
