@@ -22,9 +22,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -120,19 +120,29 @@ def follow_umask(path: str | os.PathLike, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary file in the same folder and a rename (mode as the umask says)."""
+def write_file_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], object], sync: bool = False) -> Path:
+    """Call write(file) on a temporary file in path's folder (synced to disk first with `sync`), give it
+    the umask's mode and rename it over path: readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         follow_umask(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write data to path atomically (write_file_atomic)."""
+    write_file_atomic(path, lambda f: f.write(data))
 
 
 def write_atomic(path: Path, text: str) -> None:

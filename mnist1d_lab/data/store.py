@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..paths import cache_dir
-from ..records import follow_umask
+from ..records import write_file_atomic
 from .config import cache_key, split_rows
 
 log = logging.getLogger(__name__)
@@ -55,28 +54,9 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: str | os.PathLike, write) -> Path:
-    """Call write(file) on a temp file in path's folder, sync it, give it the umask's mode and rename it
-    over path: readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        follow_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write arrays to `path` atomically (temp file in the same folder + os.replace)."""
-    return _write_atomic(path, lambda f: np.savez(f, **arrays))
+    return write_file_atomic(path, lambda f: np.savez(f, **arrays), sync=True)
 
 
 def cache_path(a: dict[str, Any]) -> Path:
@@ -153,7 +133,7 @@ def load_frozen(path: str | os.PathLike) -> dict[str, Any]:
 
 def to_pickle(thing: Any, path: str | os.PathLike) -> Path:
     """Pickle `thing` to `path` (protocol 3, as the original's to_pickle), atomically."""
-    return _write_atomic(path, lambda f: pickle.dump(thing, f, protocol=3))
+    return write_file_atomic(path, lambda f: pickle.dump(thing, f, protocol=3), sync=True)
 
 
 def from_pickle(path: str | os.PathLike) -> Any:
