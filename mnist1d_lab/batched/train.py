@@ -232,6 +232,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
                          for n, s in zip(sizes, seeds, strict=True)), strict=True)
     ns = [len(p.y) for p in preps]  # each member's training rows: the first ns[k] of the largest member's
     widest = preps[ns.index(max(ns))]
+    own_rows = len(set(ns)) > 1  # sizes differ: member k draws from and is scored on its own first ns[k] rows
 
     def split(xs, ys):  # x shared (n, L) or per member (K, n, L); labels always (K, n)
         return _stack_same([t.to(device, dtype) for t in xs]), torch.stack([t.to(device) for t in ys])
@@ -239,7 +240,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
     def padded(y: torch.Tensor) -> torch.Tensor:  # a member's labels, padded to the widest set (never drawn)
         return torch.cat([y, widest.y[len(y):]])
 
-    splits = {"train": split([widest.x] * K if len(set(ns)) > 1 else [p.x for p in preps], [padded(p.y) for p in preps]),
+    splits = {"train": split([widest.x] * K if own_rows else [p.x for p in preps], [padded(p.y) for p in preps]),
               "test": split([p.x_test for p in preps], [p.y_test for p in preps])}
     if preps[0].x_val is not None:
         splits["val"] = split([p.x_val for p in preps], [p.y_val for p in preps])
@@ -247,7 +248,6 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
     batch_size, loss_name = int(cfg["batch_size"]), cfg["loss"]
     total = protocol.num_updates(cfg, ns[0])  # the same for every member (sizes_can_differ)
     evals = set(protocol.eval_steps(total, int(cfg["eval_every"])))
-    own_rows = len(set(ns)) > 1  # train metrics of member k on its own first ns[k] rows
     shared = per_member = None
     if cfg["batch_order"] == "sequential" and not own_rows:  # one order for all: the first layer is one shared mm
         shared = protocol.batches(ns[0], batch_size, "sequential")

@@ -20,7 +20,7 @@ import pandas as pd
 from .. import paths, records
 from ..experiments.benchmark import MODEL_ORDER, PAPER, to_markdown
 from ..human import PAPER as HUMAN_PAPER
-from .claims import CLAIMS, Results, Verdict, evaluate, verdict_table
+from .claims import CLAIMS, Missing, Results, Verdict, evaluate, verdict_table
 
 HTML_MAX_ROWS = 60  # a table with more rows is linked, not inlined
 CSS = """
@@ -97,7 +97,7 @@ def _human_row(results: Results, shuffled: bool) -> list[dict]:
     its 95 % interval) where quiz files were given, else the paper's own number, labelled as such."""
     try:
         run = results.runs("human").iloc[0]
-    except Exception:
+    except Missing:  # the human entry did not run
         return []
     prefix = "human_shuffled" if shuffled else "human"
     acc = run.get(f"{prefix}_acc")
