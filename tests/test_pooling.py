@@ -41,12 +41,37 @@ def test_default_cnn_is_unchanged():
     assert records.run_key(cfg) == records.run_key(compose_cfg("model=cnn"))
 
 
-def test_l2_pool_is_lp_pool1d_and_training_forward_matches_evaluation():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [2, 3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_pool1d_gives_atens_numbers_and_gradients(dtype, size, layout):
+    """pool1d's own avg and l2 (WindowPool) against F.avg_pool1d and F.lp_pool1d: the same numbers bit for
+    bit, on (B, C, L) tensors and on the channels-last views the training paths pool; gradients equal
+    (avg, max) or within 1e-12 (l2 in float64), laid out like the input, 0 at all-zero windows."""
+    g = torch.Generator().manual_seed(size)
+    raw = torch.relu(torch.randn(6, 13, 5, generator=g, dtype=dtype)).round(decimals=1)  # zeros and ties
+    h = raw.transpose(1, 2) if layout == "channels_last" else raw.transpose(1, 2).contiguous()
+    refs = {"max": lambda v: F.max_pool1d(v, size), "avg": lambda v: F.avg_pool1d(v, size),
+            "l2": lambda v: F.lp_pool1d(v, 2, size)}
+    for pool, ref in refs.items():
+        ours_in, ref_in = (h.clone().requires_grad_() for _ in range(2))
+        ours, expected = pool1d(ours_in, pool, size), ref(ref_in)
+        assert torch.equal(ours, expected), pool
+        upstream = torch.randn(expected.shape, generator=g, dtype=dtype)
+        (ours * upstream).sum().backward()
+        (expected * upstream).sum().backward()
+        assert ours_in.grad.stride() == h.stride() and torch.isfinite(ours_in.grad).all(), pool
+        if pool == "l2":
+            torch.testing.assert_close(ours_in.grad, ref_in.grad, rtol=1e-12 if dtype == torch.float64 else 1e-5,
+                                       atol=1e-12 if dtype == torch.float64 else 1e-6)
+        else:
+            assert torch.equal(ours_in.grad, ref_in.grad), pool
+    assert float(pool1d(torch.zeros(1, 2, 4, dtype=dtype), "l2", size).abs().sum()) == 0.0
+    assert torch.equal(pool1d(h, "none", size), h)
+
+
+def test_training_forward_matches_evaluation():
     g = torch.Generator().manual_seed(0)
-    h = torch.relu(torch.randn(4, 5, 11, generator=g))  # odd length: the last position is dropped
-    assert torch.equal(pool1d(h, "l2", 2), F.lp_pool1d(h, 2, 2))
-    assert torch.equal(pool1d(h, "max", 3), F.max_pool1d(h, 3))
-    assert torch.equal(pool1d(h, "none", 2), h)
     x = torch.randn(8, 40, generator=g)
     for pool in ("none", "max", "avg", "l2"):
         model = build_model({"name": "cnn", "channels": 6, "depth": 2, "kernel_sizes": [3, 3], "stride": 1,
