@@ -354,6 +354,7 @@ def test_large_stacks_train_as_parts_side_by_side_with_the_same_results(random_d
     assert plan.spread(list(range(16)), 2) == [list(range(0, 16, 2)), list(range(1, 16, 2))]
     assert plan.spread(list(range(3)), 2) == [[0, 1, 2]]  # parts would be < MIN_SPLIT: one stack
     assert plan.spread(list(range(9)), 1) == [list(range(9))]  # one torch thread: one stack
+    assert plan.spread(list(range(16)), 2, [1.0] * 16) == plan.spread(list(range(16)), 2)  # equal costs: interleaved
     seen = []
     inner = loop._train_group
     monkeypatch.setattr(loop, "_train_group", lambda c, s, *a: seen.append(len(s)) or inner(c, s, *a))
@@ -363,6 +364,20 @@ def test_large_stacks_train_as_parts_side_by_side_with_the_same_results(random_d
     assert seen == [16, 8, 8] and torch.get_num_threads() == 2  # the thread count is restored
     for a, b in zip(one, two, strict=True):
         np.testing.assert_allclose(a.curves.to_numpy(float), b.curves.to_numpy(float), rtol=1e-10)
+
+
+def test_members_of_nested_sizes_are_spread_by_cost():
+    """Nested training sets (1k..50k, 3 seeds): parts balanced by member_costs, each member once; the
+    interleaved split of the same order would leave one part 24 % heavier."""
+    sizes = [1000, 2000, 5000, 10000, 20000, 50000] * 3
+    cfg = {**train.TRAIN_DEFAULTS, "steps": 6000, "eval_every": 100}
+    costs = plan.member_costs(cfg, sizes, 10000)
+    assert costs[5] - costs[0] == 61 * 49000 and plan.member_costs(cfg, [4000] * 3, 10000) is None
+    parts = plan.spread(list(range(18)), 2, costs)
+    loads = [sum(costs[i] for i in part) for part in parts]
+    interleaved = [sum(costs[i] for i in part) for part in plan.spread(list(range(18)), 2)]
+    assert sorted(sum(parts, [])) == list(range(18)) and all(len(p) >= plan.MIN_SPLIT for p in parts)
+    assert max(loads) / min(loads) < 1.06 < max(interleaved) / min(interleaved)
 
 
 def test_stacked_head_is_the_plain_product_with_first_and_second_derivatives():

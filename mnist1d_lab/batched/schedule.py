@@ -102,11 +102,13 @@ def execute_groups(groups: Sequence[tuple[list[DictConfig], list[Path]]], worker
         side = plan.side_by_side(first.model.name, threads, device) if side_by_side else 1
         data = load(first.data, device=device)
         train_cfg = {**TRAIN_DEFAULTS, **first.train}
-        n_train = max(protocol.split_sizes({**train_cfg, "train_size": cfgs[i].train.train_size}, data.n_train)[0]
-                      for i in todo)  # members' train sizes may differ (group_key)
+        rows = [protocol.split_sizes({**train_cfg, "train_size": cfgs[i].train.train_size}, data.n_train)[0]
+                for i in todo]  # members' train sizes may differ (group_key)
+        n_train = max(rows)
         steps = protocol.num_updates(train_cfg, n_train)
         parts = plan.plan_stacks([cfgs[i].model for i in todo], n_train, int(first.train.batch_size), device,
-                                 threads, memory_budget_mb or math.inf, side)  # side by side share the budget
+                                 threads, memory_budget_mb or math.inf, side,  # side by side share the budget
+                                 plan.member_costs(train_cfg, rows, len(data.x_test)))
         for part in parts:
             stacked.append(_Stack(g, [todo[j] for j in part.members], steps * part.cost, side,
                                   1 if side > 1 else threads))

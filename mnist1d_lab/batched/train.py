@@ -56,7 +56,8 @@ from ..train import (
 )
 from .models import WIDTH_KEY, StackedModel, unsupported
 from .ops import member_losses
-from .plan import EVAL_ELEMS, MAX_WORKERS, act_per_example, on_cpu, plan_stacks, run_side_by_side, spread
+from .plan import (EVAL_ELEMS, MAX_WORKERS, act_per_example, member_costs, on_cpu, plan_stacks, run_side_by_side,
+                   spread)
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +198,12 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     sizes = list(train_sizes) if train_sizes is not None else [cfg["train_size"]] * len(seeds)
     for size in set(sizes):
         validate_train({**cfg, "train_size": size}, len(data.x))
-    n_train = max(protocol.split_sizes({**cfg, "train_size": size}, len(data.x))[0] for size in sizes)
+    rows = [protocol.split_sizes({**cfg, "train_size": size}, len(data.x))[0] for size in sizes]
+    n_train, costs = max(rows), member_costs(cfg, rows, len(data.x_test))
     budget = math.inf if memory_budget_mb is None else memory_budget_mb
     where = device or data.x.device
     threads = torch.get_num_threads()
-    stacks = plan_stacks(model_cfgs, n_train, int(cfg["batch_size"]), where, threads, budget) if plan else []
+    stacks = plan_stacks(model_cfgs, n_train, int(cfg["batch_size"]), where, threads, budget, costs=costs) if plan else []
     groups = [s.members for s in stacks]
     if len(groups) <= 1 or (memory_budget_mb is None and hook is not None):
         groups = [list(range(len(model_cfgs)))]  # with a hook and no budget: one stack, the hook sees all
@@ -213,7 +215,7 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
                                    progress, device, hook, dtype, cuda_graphs, [sizes[i] for i in group])
 
     for stack in groups:  # one after another; a large stack is split into parts trained side by side
-        parts = spread(stack, workers)
+        parts = spread(stack, workers, costs)
         for group, out in [run(parts[0])] if len(parts) == 1 else run_side_by_side(run, parts, len(parts)):
             for i, r in zip(group, out, strict=True):
                 results[i] = r
