@@ -200,6 +200,13 @@ class PreparedData:
     y_val: torch.Tensor | None = None
 
 
+def scored_train_rows(cfg: Mapping, n_train: int) -> int:
+    """How many training rows an evaluation scores (the first ones): all n_train, or `eval_train_rows`
+    when set and smaller. Training itself always draws from all n_train."""
+    cap = cfg.get("eval_train_rows")
+    return n_train if cap is None else min(n_train, int(cap))
+
+
 def split_sizes(cfg: Mapping, n: int) -> tuple[int, int]:
     """(n_train, n_val) after holding out `val_split` of the n training rows and cutting to `train_size`."""
     n_val = int(round(float(cfg.get("val_split") or 0.0) * n))

@@ -51,7 +51,7 @@ def to_plain(cfg: Mapping | DictConfig) -> dict:
 
 # Knobs added after records were written: left out of the key while they hold the value that reproduces
 # the older behaviour, so every result already in a user's store stays found.
-NEUTRAL_DEFAULTS = {"data.roll": 0, "model.pool": "none", "model.pool_size": 2}
+NEUTRAL_DEFAULTS = {"data.roll": 0, "model.pool": "none", "model.pool_size": 2, "train.eval_train_rows": None}
 
 
 @functools.cache

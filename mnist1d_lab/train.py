@@ -32,7 +32,7 @@ TRAIN_DEFAULTS: dict = {
     "optimizer": "adam", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "loss": "cross_entropy",
     "batch_size": 100, "steps": 6000, "epochs": None, "batch_order": "sequential", "eval_every": 250,
     "label_noise": 0.0, "label_noise_mode": "uniform", "label_noise_seed": None, "train_size": None,
-    "val_split": 0.0,
+    "val_split": 0.0, "eval_train_rows": None,
 }
 
 Hook = Callable[[int, nn.Module, optim.Optimizer], None]
@@ -75,6 +75,8 @@ def validate_train(cfg: Mapping, n_train: int) -> None:
         raise bad("label_noise", "a fraction in [0, 1]")
     if c["label_noise_seed"] is not None and not _is_int(c["label_noise_seed"]):
         raise bad("label_noise_seed", "null or an integer")
+    if c["eval_train_rows"] is not None and (not _is_int(c["eval_train_rows"]) or c["eval_train_rows"] < 1):
+        raise bad("eval_train_rows", "null (every training row) or a positive integer")
     if not _is_number(c["val_split"]) or not 0 <= c["val_split"] < 1:
         raise bad("val_split", "a fraction in [0, 1)")
     n_val = round(c["val_split"] * n_train)
@@ -190,8 +192,8 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
 
     `seed` is the run seed (batch order, val split, label noise; the model was built from it too).
     `hook(step, model, optimizer)` runs after every update, before any evaluation at that step.
-    Evaluation at protocol.eval_steps (step 0 = before any update) on the full training set (noisy
-    labels, as trained), the test set and the val set. Stops early, `diverged=True`, at the first
+    Evaluation at protocol.eval_steps (step 0 = before any update) on the training set (noisy labels, as
+    trained; its first `eval_train_rows` rows when set), the test set and the val set. Stops early, `diverged=True`, at the first
     evaluation with a non-finite training loss. On CUDA the update is replayed as one CUDA graph
     (GraphedUpdate) when there is no hook and every batch is full; `cuda_graphs=False` keeps it eager.
     """
@@ -203,7 +205,8 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
     dtype = next(model.parameters()).dtype  # data follow the model (float64 runs for exact comparisons)
     prep, info = protocol.prepare_data(data, cfg, seed)
     x, y = prep.x.to(device, dtype), prep.y.to(device)  # (n, L), (n,)
-    splits = {"train": (x, y), "test": (prep.x_test.to(device, dtype), prep.y_test.to(device))}
+    scored = protocol.scored_train_rows(cfg, len(x))  # the training rows each evaluation scores
+    splits = {"train": (x[:scored], y[:scored]), "test": (prep.x_test.to(device, dtype), prep.y_test.to(device))}
     if prep.x_val is not None:
         splits["val"] = (prep.x_val.to(device, dtype), prep.y_val.to(device))
 

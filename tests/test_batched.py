@@ -112,11 +112,13 @@ def test_pooled_cnns_stack_as_their_plain_models_float64(random_data, pool, orde
     _compare(_member_cfgs("cnn", [4, 7], **POOLED_CNN, pool=pool, pool_size=2), [3, 4], _double(random_data), cfg)
 
 
-@pytest.mark.parametrize("order", ["sequential", "reshuffle"])
-def test_members_of_nested_train_sizes_train_as_their_plain_runs_float64(random_data, order):
+@pytest.mark.parametrize("order,scored", [("sequential", None), ("reshuffle", None), ("sequential", 250)])
+def test_members_of_nested_train_sizes_train_as_their_plain_runs_float64(random_data, order, scored):
     """train_size per member (the pooling sweep's nested sets): each member draws its own batches from its
-    own first n rows and is scored on them, exactly as a plain run of that size."""
-    cfg = {"steps": 30, "eval_every": 10, "batch_size": 50, "batch_order": order, "lr": 0.01}
+    own first n rows and is scored on them (at most the first `eval_train_rows`), exactly as a plain run of
+    that size."""
+    cfg = {"steps": 30, "eval_every": 10, "batch_size": 50, "batch_order": order, "lr": 0.01,
+           "eval_train_rows": scored}
     cfgs, seeds, sizes = _member_cfgs("cnn", [4, 4, 6], **POOLED_CNN, pool="max"), [3, 4, 3], [100, 300, 550]
     data = _double(random_data)
     results = batched.train_batched(cfgs, seeds, data, cfg, progress=False, train_sizes=sizes)
@@ -127,6 +129,11 @@ def test_members_of_nested_train_sizes_train_as_their_plain_runs_float64(random_
         for p, q in zip(rb.model.parameters(), r1.model.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)
     assert len({r.summary["final_train_acc"] for r in results}) == 3  # scored on their own rows
+    if scored:  # the members training on 300 and 550 rows are scored on their first 250
+        for r, n in zip(results[1:], sizes[1:], strict=True):
+            pred = train.predict(r.model, data.x[:n].double())
+            assert r.summary["final_train_acc"] == pytest.approx(float((pred[:scored] == data.y[:scored].numpy()).mean()))
+            assert r.summary["final_train_acc"] != pytest.approx(float((pred == data.y[:n].numpy()).mean()))
 
 
 def test_train_sizes_may_differ_only_for_nested_whole_batch_sets():
@@ -433,7 +440,7 @@ def test_stacked_evaluation_equals_member_by_member_float64(name, widths, shared
             p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype) * (p != 0))  # padding stays zero
     splits = {"train": (x, y), "test": (x[..., :20, :], y[:, :20])}
     stacked = torch.cat([loop._evaluate(model, xs, ys, "cross_entropy", chunk=7) for xs, ys in splits.values()], 1)
-    members = torch.stack([loop._evaluate_member(model, k, splits, "cross_entropy") for k in range(K)])
+    members = torch.stack([loop._evaluate_member(model, k, splits, "cross_entropy", n) for k in range(K)])
     torch.testing.assert_close(stacked, members, rtol=1e-12, atol=1e-14)
     assert len(set(members[:, 0].tolist())) == K  # members differ: a mix-up of members would fail
     for k in range(K):  # member_model is member k at its own width, holding the stack's weights

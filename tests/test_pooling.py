@@ -106,6 +106,7 @@ def test_pooling_sweep_is_5_variants_x_6_nested_sizes_x_3_seeds_on_one_dataset()
     cfgs = [compose_cfg("experiment=pooling", *j) for j in jobs[::7]]  # a sample across sizes and variants
     assert len({OmegaConf.to_yaml(c.data) for c in cfgs}) == 1  # the same data config: the same test set
     assert {c.data.num_samples for c in cfgs} == {60000} and {c.train.eval_every for c in cfgs} == {100}
+    assert {c.train.eval_train_rows for c in cfgs} == {10000}  # training accuracy on the first 10,000 rows
     assert {c.train.train_size for c in cfgs} == {1000, 2000, 5000, 10000, 20000, 50000}
     assert len(_jobs("pooling", "quick")) == 45 and len(_jobs("pooling", "smoke")) == 10
     original = _jobs("pooling", None, "train.train_size=null",

@@ -227,7 +227,7 @@ def test_diverged_by_huge_lr(random_data) -> None:
     ("optimizer", "lbfgs"), ("loss", "hinge"), ("batch_order", "random"), ("label_noise_mode", "flip"),
     ("label_noise", -0.1), ("label_noise", 1.5), ("label_noise_seed", 1.5), ("val_split", 1.0),
     ("val_split", -0.2), ("train_size", 0), ("train_size", 601), ("train_size", 10.0),
-    ("weight_decay", -1e-3), ("momentum", -0.5),
+    ("weight_decay", -1e-3), ("momentum", -0.5), ("eval_train_rows", 0), ("eval_train_rows", 2.5),
 ])
 def test_validate_train_rejects(key: str, value: object) -> None:
     with pytest.raises(ConfigError) as err:

@@ -259,13 +259,14 @@ TRAIN_ROW_COST = 3  # a training row (forward, backward, update) costs about 3 e
 def member_costs(cfg: Mapping, train_rows: Sequence[int], scored_rows: int) -> list[float] | None:
     """Relative cost of each member of a stack (train cfg `cfg`, member k training on train_rows[k] rows),
     or None when all train on the same rows (equal costs): its training steps (steps x batch_size rows,
-    x TRAIN_ROW_COST) plus its evaluations of its own training rows and the `scored_rows` (test rows)
-    every member scores."""
+    x TRAIN_ROW_COST) plus its evaluations of its own training rows (protocol.scored_train_rows) and the
+    `scored_rows` (test rows) every member scores."""
     if len(set(train_rows)) <= 1:
         return None
     steps = protocol.num_updates(cfg, max(train_rows))  # the same for every member (batched.sizes_can_differ)
     evals = len(protocol.eval_steps(steps, int(cfg["eval_every"])))
-    return [steps * int(cfg["batch_size"]) * TRAIN_ROW_COST + evals * (n + scored_rows) for n in train_rows]
+    return [steps * int(cfg["batch_size"]) * TRAIN_ROW_COST + evals * (protocol.scored_train_rows(cfg, n) + scored_rows)
+            for n in train_rows]
 
 
 @dataclass

@@ -75,7 +75,7 @@ TRAIN_KEYS: dict[str, tuple | None] = {
     "batch_order": ("sequential", "reshuffle"),
     "eval_every": _ANY,
     "label_noise": _ANY, "label_noise_mode": _ANY, "label_noise_seed": _ANY,  # protocol.prepare_data, shared
-    "train_size": _ANY, "val_split": _ANY,
+    "train_size": _ANY, "val_split": _ANY, "eval_train_rows": _ANY,
 }
 
 
@@ -150,14 +150,14 @@ def _evaluate(model: StackedModel, x: torch.Tensor, y: torch.Tensor, loss: str, 
     return total / n
 
 
-def _evaluate_member(model: StackedModel, k: int, splits: Mapping, loss: str, n_train: int | None = None
-                     ) -> torch.Tensor:
+def _evaluate_member(model: StackedModel, k: int, splits: Mapping, loss: str, n_train: int) -> torch.Tensor:
     """Member k's [loss, acc] for each split in one row, evaluated as train.train evaluates its model: on
     CPU as fast as the stacked pass or up to 25 % faster (stacks of 32-128; whole-split products stay large,
-    where the stack's chunks of rows are small per member or leave the cache). `n_train`: member k's own
-    training rows (the first n of the shared ones) when members' train sizes differ."""
+    where the stack's chunks of rows are small per member or leave the cache). `n_train`: the training
+    rows member k's evaluation scores (the first n of the shared ones: its own when members' train sizes
+    differ, at most `eval_train_rows`)."""
     m = model.member_model(k).eval()
-    rows = {name: slice(None) for name in splits} | ({"train": slice(0, n_train)} if n_train else {})
+    rows = {name: slice(None) for name in splits} | {"train": slice(0, n_train)}
     return torch.cat([evaluate(m, (xs if xs.dim() == 2 else xs[k])[rows[name]], ys[k, rows[name]], loss)
                       for name, (xs, ys) in splits.items()])
 
@@ -235,6 +235,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
     ns = [len(p.y) for p in preps]  # each member's training rows: the first ns[k] of the largest member's
     widest = preps[ns.index(max(ns))]
     own_rows = len(set(ns)) > 1  # sizes differ: member k draws from and is scored on its own first ns[k] rows
+    scored = [protocol.scored_train_rows(cfg, n) for n in ns]  # the training rows each evaluation scores
 
     def split(xs, ys):  # x shared (n, L) or per member (K, n, L); labels always (K, n)
         return _stack_same([t.to(device, dtype) for t in xs]), torch.stack([t.to(device) for t in ys])
@@ -265,13 +266,15 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
 
     def run_eval(step: int) -> None:
         if device.type == "cpu":  # diverged members (zeroed, frozen) are not evaluated again
-            metrics = torch.stack([_evaluate_member(model, k, splits, loss_name, ns[k] if own_rows else None)
+            metrics = torch.stack([_evaluate_member(model, k, splits, loss_name, scored[k])
                                    if alive[k] else torch.zeros(2 * len(splits), dtype=dtype) for k in range(K)])
         elif own_rows:  # members score their own training rows: one member at a time
-            metrics = torch.stack([_evaluate_member(model, k, splits, loss_name, ns[k]) for k in range(K)])
+            metrics = torch.stack([_evaluate_member(model, k, splits, loss_name, scored[k]) for k in range(K)])
         else:  # all members at once, in chunks of rows that keep the activations within EVAL_ELEMS
             chunk = max(1, EVAL_ELEMS // (K * act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
-            metrics = torch.cat([_evaluate(model, xs, ys, loss_name, chunk) for xs, ys in splits.values()], 1)
+            rows = {name: slice(None) for name in splits} | {"train": slice(0, scored[0])}
+            metrics = torch.cat([_evaluate(model, xs[..., rows[name], :], ys[:, rows[name]], loss_name, chunk)
+                                 for name, (xs, ys) in splits.items()], 1)
         for k, row in enumerate(metrics.tolist()):  # the one host sync per evaluation
             if alive[k]:
                 records[k].append([float(step)] + row)
