@@ -123,6 +123,16 @@ def pool_grad(h: torch.Tensor, out: torch.Tensor, g: torch.Tensor, pool: str, si
     return grad
 
 
+def _max_then_relu(h: torch.Tensor, size: int) -> torch.Tensor:
+    """F.max_pool1d(relu(h), size) without a gradient, the same numbers: the window maximum of strided
+    slices, then ReLU on the pooled values only (ReLU is monotone). 13 % of a pooled CNN's evaluation."""
+    span = h.shape[-1] // size * size
+    out = h[..., 0:span:size]
+    for j in range(1, size):
+        out = torch.maximum(out, h[..., j:span:size])
+    return out.relu_() if size > 1 else out.relu()
+
+
 class WindowPool(torch.autograd.Function):
     """avg or l2 pooling over windows of `size` positions (the last axis) as sums of strided slices.
 
@@ -192,7 +202,11 @@ class CNN(nn.Module):
         if not torch.is_grad_enabled():  # evaluation on thousands of rows: oneDNN's conv is faster there
             h = x.unsqueeze(1)  # (B, 1, L)
             for conv in self.convs:
-                h = pool1d(self.act(conv(h)), self.pool, self.pool_size)
+                h = conv(h)
+                if self.pool == "max" and isinstance(self.act, nn.ReLU):
+                    h = _max_then_relu(h, self.pool_size)
+                else:
+                    h = pool1d(self.act(h), self.pool, self.pool_size)
             return self.out(h.flatten(1))  # (B, C * L_out) -> (B, 10)
         # Training: each conv as im2col + ONE matmul, channels last, with the Conv1d modules' own
         # parameters. oneDNN runs these tiny 1-D convs at ~15 GFLOP/s; this step is ~1.3x faster and

@@ -70,6 +70,19 @@ def test_pool1d_gives_atens_numbers_and_gradients(dtype, size, layout):
     assert torch.equal(pool1d(h, "none", size), h)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_max_pooled_evaluation_is_max_pool1d_of_relu(size):
+    """Evaluation pools before the ReLU (the same numbers, half the ReLU work): bit for bit F.max_pool1d."""
+    model = build_model({"name": "cnn", "channels": 6, "depth": 2, "kernel_sizes": [3, 3], "stride": 1,
+                         "padding": 1, "pool": "max", "pool_size": size}, 0)
+    x = torch.randn(64, 40, generator=torch.Generator().manual_seed(size))
+    with torch.no_grad():
+        h = x.unsqueeze(1)
+        for conv in model.convs:
+            h = F.max_pool1d(torch.relu(conv(h)), size)
+        assert torch.equal(model(x), model.out(h.flatten(1)))
+
+
 def test_training_forward_matches_evaluation():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 40, generator=g)
