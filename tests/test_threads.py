@@ -84,8 +84,8 @@ def _plan(groups, monkeypatch) -> dict:
     and the stacks of its group that train at once; and every job's share of the ETA."""
     stacks, real = [], plan.plan_stacks
 
-    def spy(cfgs, n_train, batch_size, device, threads, budget_mb, side):
-        out = real(cfgs, n_train, batch_size, device, threads, budget_mb, side)
+    def spy(cfgs, n_train, batch_size, device, threads, budget_mb, side, costs=None):
+        out = real(cfgs, n_train, batch_size, device, threads, budget_mb, side, costs)
         widths = [int(c.get("width") or c.get("channels")) for c in cfgs]
         stacks.extend((cfgs[0]["name"], [widths[i] for i in s.members], s.threads, side) for s in out)
         return out

@@ -10,9 +10,9 @@ Jobs:     logistic, MLP, CNN, GRU and the five pooling variants x normal/shuffle
           training examples (experiment=benchmark's configs: its runs come from the result store, and
           the pooling variants run under the benchmark's protocol and data) and at 50,000 (the pooling
           pool, experiment=pooling's configs: its 50k runs are reused) = 108 runs.
-CPU time: 12 min 43 s on 2 cores from an empty store (joblib, two runs side by side; the 50k part's
-          evaluations of 60,000 rows every 100 steps dominate); about 10 min with the benchmark and pooling
-          runs stored; scale=quick (the 4k part) under 2 min with the benchmark stored.
+CPU time: 9 min 55 s on 2 cores from an empty store (joblib, two runs side by side; the 50k part's
+          evaluations of 20,000 rows every 100 steps dominate); scale=quick (the 4k part) under 2 min with
+          the benchmark stored.
 Expected: logistic and MLP gaps ~0; CNN and GRU lose 35-40 points at 4k (paper Table 1: 94 -> 56, 91 -> 57).
 Outputs:  spatial_priors.csv/.md (normal, shuffled, gap ± its standard error, sorted by gap per size),
           spatial_priors.png/.pdf.
