@@ -82,10 +82,9 @@ POOLS = ("none", "max", "avg", "l2")  # model.pool: after each conv's activation
 
 
 def pool1d(h: torch.Tensor, pool: str, size: int) -> torch.Tensor:
-    """(B, C, L) -> (B, C, L // size): the original pooling notebook's max,
-    average or L2 pooling, the same numbers as F.max_pool1d, F.avg_pool1d and F.lp_pool1d(h, 2, size)
-    (l2: the square root of each window's sum of squares), forward and gradient (tests compare them bit
-    for bit and to 1e-12).
+    """(B, C, L) -> (B, C, L // size): the original pooling notebook's max, average or L2 pooling, the
+    same numbers as F.max_pool1d, F.avg_pool1d and F.lp_pool1d(h, 2, size) (l2: the square root of each
+    window's sum of squares), forward and gradient (tests compare them bit for bit and to 1e-12).
 
     avg and l2 are WindowPool: on a CPU F.avg_pool1d took 1.8 ms and F.lp_pool1d 3.1 ms for 1,024 x 20 x 40
     activations, WindowPool 0.2 and 0.5 ms (any layout: the training paths pool channels-last views).
@@ -125,7 +124,7 @@ def pool_grad(h: torch.Tensor, out: torch.Tensor, g: torch.Tensor, pool: str, si
 
 def _max_then_relu(h: torch.Tensor, size: int) -> torch.Tensor:
     """F.max_pool1d(relu(h), size) without a gradient, the same numbers: the window maximum of strided
-    slices, then ReLU on the pooled values only (ReLU is monotone). 13 % of a pooled CNN's evaluation."""
+    slices, then ReLU on the pooled values only (ReLU is monotone): 13 % off a max-pooled CNN's evaluation."""
     span = h.shape[-1] // size * size
     out = h[..., 0:span:size]
     for j in range(1, size):

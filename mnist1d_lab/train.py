@@ -193,9 +193,10 @@ def train(model: nn.Module, data: protocol.DataLike, cfg: Mapping, seed: int, ho
     `seed` is the run seed (batch order, val split, label noise; the model was built from it too).
     `hook(step, model, optimizer)` runs after every update, before any evaluation at that step.
     Evaluation at protocol.eval_steps (step 0 = before any update) on the training set (noisy labels, as
-    trained; its first `eval_train_rows` rows when set), the test set and the val set. Stops early, `diverged=True`, at the first
-    evaluation with a non-finite training loss. On CUDA the update is replayed as one CUDA graph
-    (GraphedUpdate) when there is no hook and every batch is full; `cuda_graphs=False` keeps it eager.
+    trained; its first `eval_train_rows` rows when set), the test set and the val set. Stops early,
+    `diverged=True`, at the first evaluation with a non-finite training loss. On CUDA the update is
+    replayed as one CUDA graph (GraphedUpdate) when there is no hook and every batch is full;
+    `cuda_graphs=False` keeps it eager.
     """
     cfg = {**TRAIN_DEFAULTS, **cfg}
     validate_train(cfg, len(data.x))

@@ -9,8 +9,9 @@
 * `plan_groups`: members sorted by width, cut into stacks that fit a memory budget and minimise the
   estimated time (exact dynamic programming).
 * Side by side: `side_by_side` says how many stacks of a family should train at once on CPU,
-  `spread` cuts a large stack into parts (interleaved, or balanced by `member_costs`), and `run_side_by_side` runs parts or stacks in
-  Python threads with one torch thread each (torch ops release the GIL).
+  `spread` cuts a large stack into parts (interleaved, or balanced by `member_costs`), and
+  `run_side_by_side` runs parts or stacks in Python threads with one torch thread each (torch ops
+  release the GIL).
 * Threads: all of it is planned for `batched_threads(num_threads)` threads (2 when num_threads is null),
   a function of the config alone, so the same config is cut the same way on any machine.
 """

@@ -56,8 +56,16 @@ from ..train import (
 )
 from .models import WIDTH_KEY, StackedModel, unsupported
 from .ops import member_losses
-from .plan import (EVAL_ELEMS, MAX_WORKERS, act_per_example, member_costs, on_cpu, plan_stacks, run_side_by_side,
-                   spread)
+from .plan import (
+    EVAL_ELEMS,
+    MAX_WORKERS,
+    act_per_example,
+    member_costs,
+    on_cpu,
+    plan_stacks,
+    run_side_by_side,
+    spread,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +211,7 @@ def train_batched(model_cfgs: Sequence[Mapping], seeds: Sequence[int], data, cfg
     budget = math.inf if memory_budget_mb is None else memory_budget_mb
     where = device or data.x.device
     threads = torch.get_num_threads()
-    stacks = plan_stacks(model_cfgs, n_train, int(cfg["batch_size"]), where, threads, budget, costs=costs) if plan else []
+    stacks = plan_stacks(model_cfgs, n_train, int(cfg["batch_size"]), where, threads, budget, 1, costs) if plan else []
     groups = [s.members for s in stacks]
     if len(groups) <= 1 or (memory_budget_mb is None and hook is not None):
         groups = [list(range(len(model_cfgs)))]  # with a hook and no budget: one stack, the hook sees all
