@@ -97,28 +97,23 @@ def pool1d(h: torch.Tensor, pool: str, size: int) -> torch.Tensor:
 
 
 def pool_grad(h: torch.Tensor, out: torch.Tensor, g: torch.Tensor, pool: str, size: int) -> torch.Tensor:
-    """The gradient of out = pool1d(h, pool, size) for upstream g, laid out like h (a channels-last view
-    gets a channels-last gradient): the gradient aten's pooling computes. max: all of g to the window's
-    first maximum; avg: g / size to each position; l2: g * h / out, 0 for an all-zero window (aten's
-    lp_pool1d gives 0 there too). Positions past the last whole window get 0."""
+    """The gradient of out = pool1d(h, pool, size) (avg or l2) for upstream g, laid out like h (a
+    channels-last view gets a channels-last gradient), as aten's pooling computes it: avg g / size to each
+    position; l2 g * h / out, 0 for an all-zero window (aten's lp_pool1d gives 0 there too). Positions past
+    the last whole window get 0."""
     grad = torch.zeros_like(h)
     span = h.shape[-1] // size * size
     if pool == "avg":
         share = g / size
-    elif pool == "l2":
+    else:
         nonzero = out.sign()  # out >= 0
         share = g * nonzero / (out + (1 - nonzero))  # g / out, 0 where the window is all zeros
-    taken = None  # max: positions of each window already found equal to its maximum
     for j in range(size):
-        part, slot = h[..., j:span:size], grad[..., j:span:size]
+        slot = grad[..., j:span:size]
         if pool == "avg":
             slot.copy_(share)
-        elif pool == "l2":
-            torch.mul(part, share, out=slot)
         else:
-            hit = part == out if taken is None else (part == out) & ~taken
-            torch.mul(g, hit, out=slot)
-            taken = hit if taken is None else taken | hit
+            torch.mul(h[..., j:span:size], share, out=slot)
     return grad
 
 
