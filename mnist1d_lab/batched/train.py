@@ -165,9 +165,14 @@ def _evaluate_member(model: StackedModel, k: int, splits: Mapping, loss: str, n_
     rows member k's evaluation scores (the first n of the shared ones: its own when members' train sizes
     differ, at most `eval_train_rows`)."""
     m = model.member_model(k).eval()
-    rows = {name: slice(None) for name in splits} | {"train": slice(0, n_train)}
+    rows = _scored_rows(splits, n_train)
     return torch.cat([evaluate(m, (xs if xs.dim() == 2 else xs[k])[rows[name]], ys[k, rows[name]], loss)
                       for name, (xs, ys) in splits.items()])
+
+
+def _scored_rows(splits: Mapping, n_train: int) -> dict[str, slice]:
+    """Per split, the rows an evaluation scores: all of them, the first n_train of the training rows."""
+    return {name: slice(None) for name in splits} | {"train": slice(0, n_train)}
 
 
 def _stack_same(ts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -280,7 +285,7 @@ def _train_group(model_cfgs, seeds, data, cfg, progress, device, hook, dtype,
             metrics = torch.stack([_evaluate_member(model, k, splits, loss_name, scored[k]) for k in range(K)])
         else:  # all members at once, in chunks of rows that keep the activations within EVAL_ELEMS
             chunk = max(1, EVAL_ELEMS // (K * act_per_example(model.name, model.P, 1 + len(getattr(model, "ws", [])))))
-            rows = {name: slice(None) for name in splits} | {"train": slice(0, scored[0])}
+            rows = _scored_rows(splits, scored[0])
             metrics = torch.cat([_evaluate(model, xs[..., rows[name], :], ys[:, rows[name]], loss_name, chunk)
                                  for name, (xs, ys) in splits.items()], 1)
         for k, row in enumerate(metrics.tolist()):  # the one host sync per evaluation
